@@ -1,0 +1,478 @@
+//! Configuration: the TOML file is parsed into [`RawConfig`] (everything optional, unknown
+//! keys refused), command-line/environment overrides are laid over it, and the result is
+//! validated into [`Config`]. Every error names the key, the bad value and what is allowed.
+//! This module never touches the file system beyond reading the one config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ingest::decode::DecodeLimits;
+use crate::scan::ValidationLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` = {value}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+fn invalid(
+    key: &'static str,
+    value: impl std::fmt::Display,
+    allowed: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+/// The config file as written, before defaults and checks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub node: RawNode,
+    #[serde(default)]
+    pub paths: RawPaths,
+    #[serde(default)]
+    pub web: RawWeb,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub node_id: Option<String>,
+    pub site_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub data_dir: Option<PathBuf>,
+    pub hot_folder: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub listen: Option<String>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_concurrent_uploads: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub max_width: Option<u32>,
+    pub max_height: Option<u32>,
+    pub max_megapixels: Option<u32>,
+    pub max_file_mb: Option<u64>,
+    pub settle_ms: Option<u64>,
+    pub missing_image_timeout_secs: Option<u64>,
+    pub rescan_secs: Option<u64>,
+    pub workers: Option<u32>,
+    pub queue_depth: Option<u32>,
+    pub max_clock_skew_secs: Option<u64>,
+    pub max_scan_age_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub deadline_secs: Option<u64>,
+}
+
+/// Values given on the command line or in `RIAC_*` variables; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub hot_folder: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub site_id: String,
+    pub data_dir: PathBuf,
+    pub hot_folder: PathBuf,
+    pub listen: SocketAddr,
+    pub request_timeout: Duration,
+    pub max_concurrent_uploads: usize,
+    pub ingest: IngestConfig,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub limits: DecodeLimits,
+    pub validation: ValidationLimits,
+    pub settle: Duration,
+    pub missing_image_timeout: Duration,
+    pub rescan: Duration,
+    pub workers: usize,
+    pub queue_depth: usize,
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/riac-node/riac-node.toml";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/riac-node";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl RawConfig {
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+}
+
+fn site_identifier(
+    key: &'static str,
+    v: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_string());
+    // Ids become MQTT topic levels, so the MQTT wildcards and separators are refused.
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s)
+    } else {
+        Err(invalid(
+            key,
+            format!("{s:?}"),
+            "1-64 characters of A-Z a-z 0-9 . _ - (it is used in MQTT topics)",
+        ))
+    }
+}
+
+fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    v: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let x = v.unwrap_or(default);
+    if x < min || x > max {
+        return Err(invalid(key, x, format!("must be between {min} and {max}")));
+    }
+    Ok(x)
+}
+
+fn absolute_dir(key: &'static str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+    if p.as_os_str().is_empty() {
+        return Err(invalid(key, "\"\"", "must be a directory path"));
+    }
+    // A relative path would depend on the working directory systemd happens to give us.
+    if p.is_relative() {
+        return Ok(std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p));
+    }
+    Ok(p)
+}
+
+impl Config {
+    /// Applies defaults and overrides to `raw` and checks every value.
+    pub fn from_raw(raw: RawConfig, ov: &Overrides) -> Result<Self, ConfigError> {
+        let node_id = site_identifier("node.node_id", raw.node.node_id, "node-1")?;
+        let site_id = site_identifier("node.site_id", raw.node.site_id, "SITE")?;
+
+        let data_dir = absolute_dir(
+            "paths.data_dir",
+            ov.data_dir
+                .clone()
+                .or(raw.paths.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        )?;
+        let hot_folder = absolute_dir(
+            "paths.hot_folder",
+            ov.hot_folder
+                .clone()
+                .or(raw.paths.hot_folder)
+                .unwrap_or_else(|| data_dir.join("incoming")),
+        )?;
+        if hot_folder == data_dir {
+            return Err(invalid(
+                "paths.hot_folder",
+                hot_folder.display(),
+                "must not be the data directory itself (use a subfolder such as <data_dir>/incoming)",
+            ));
+        }
+
+        let listen_s = ov
+            .listen
+            .clone()
+            .or(raw.web.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            invalid(
+                "web.listen",
+                format!("{listen_s:?}"),
+                "an IP address and port, like 127.0.0.1:8080 or [::]:8443",
+            )
+        })?;
+        let request_timeout = Duration::from_secs(ranged(
+            "web.request_timeout_secs",
+            raw.web.request_timeout_secs,
+            60,
+            1,
+            3600,
+        )?);
+        let max_concurrent_uploads = ranged(
+            "web.max_concurrent_uploads",
+            raw.web.max_concurrent_uploads,
+            4,
+            1,
+            256,
+        )? as usize;
+
+        let i = raw.ingest;
+        let max_width = ranged("ingest.max_width", i.max_width, 20_000, 16, 100_000)?;
+        let max_height = ranged("ingest.max_height", i.max_height, 8_000, 16, 100_000)?;
+        let max_megapixels = ranged("ingest.max_megapixels", i.max_megapixels, 80, 1, 2_000)?;
+        let max_file_mb = ranged("ingest.max_file_mb", i.max_file_mb, 512, 1, 16_384)?;
+        let workers = match ranged("ingest.workers", i.workers, 0, 0, 64)? {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        };
+        let ingest = IngestConfig {
+            limits: DecodeLimits {
+                max_width,
+                max_height,
+                max_pixels: u64::from(max_megapixels) * 1_000_000,
+                max_file_bytes: max_file_mb * 1024 * 1024,
+            },
+            validation: ValidationLimits {
+                max_future: Duration::from_secs(ranged(
+                    "ingest.max_clock_skew_secs",
+                    i.max_clock_skew_secs,
+                    600,
+                    0,
+                    86_400,
+                )?),
+                max_age: Duration::from_secs(
+                    86_400 * ranged("ingest.max_scan_age_days", i.max_scan_age_days, 90, 1, 3650)?,
+                ),
+            },
+            settle: Duration::from_millis(ranged(
+                "ingest.settle_ms",
+                i.settle_ms,
+                1000,
+                0,
+                600_000,
+            )?),
+            missing_image_timeout: Duration::from_secs(ranged(
+                "ingest.missing_image_timeout_secs",
+                i.missing_image_timeout_secs,
+                120,
+                1,
+                86_400,
+            )?),
+            rescan: Duration::from_secs(ranged("ingest.rescan_secs", i.rescan_secs, 10, 1, 3600)?),
+            workers,
+            queue_depth: ranged("ingest.queue_depth", i.queue_depth, 16, 1, 10_000)? as usize,
+        };
+
+        let fmt = ov
+            .log_format
+            .clone()
+            .or(raw.log.format)
+            .unwrap_or_else(|| "human".into());
+        let log_format = match fmt.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{fmt:?}"),
+                    "one of: human, json",
+                ))
+            }
+        };
+        let log_level = raw.log.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{log_level:?}"),
+                "a level (error, warn, info, debug, trace) or a filter like \"info,riac_node::ingest=debug\"",
+            ));
+        }
+
+        Ok(Config {
+            node_id,
+            site_id,
+            data_dir,
+            hot_folder,
+            listen,
+            request_timeout,
+            max_concurrent_uploads,
+            ingest,
+            log_format,
+            log_level,
+            shutdown_deadline: Duration::from_secs(ranged(
+                "shutdown.deadline_secs",
+                raw.shutdown.deadline_secs,
+                20,
+                1,
+                600,
+            )?),
+        })
+    }
+
+    /// Loads, overrides and validates the file at `path`.
+    pub fn load(path: &Path, ov: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::load(path)?, ov)
+    }
+
+    /// The embedded defaults with `ov` applied: what `demo` and tests start from.
+    pub fn defaults(ov: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::default(), ov)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("riac-node.db")
+    }
+
+    /// Where drops that failed validation go, beside the drops themselves so that the
+    /// scanner's operators see them.
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.hot_folder.join("rejected")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(
+            RawConfig::from_toml(text, Path::new("t.toml"))?,
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            c.hot_folder,
+            PathBuf::from(DEFAULT_DATA_DIR).join("incoming")
+        );
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.ingest.limits.max_width, 20_000);
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config/riac-node.toml");
+        let c = Config::load(&path, &Overrides::default()).unwrap();
+        let d = parse("[node]\nnode_id = \"KHI-N1\"\nsite_id = \"KHI\"\n").unwrap();
+        assert_eq!(
+            c.ingest.limits.max_file_bytes,
+            d.ingest.limits.max_file_bytes
+        );
+        assert_eq!(c.ingest.settle, d.ingest.settle);
+        assert_eq!(c.request_timeout, d.request_timeout);
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = parse("[ingest]\nmax_width = 0\n").unwrap_err().to_string();
+        assert!(
+            e.contains("ingest.max_width") && e.contains("= 0") && e.contains("between 16"),
+            "{e}"
+        );
+
+        let e = parse("[web]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.listen") && e.contains("\"localhost\""),
+            "{e}"
+        );
+
+        let e = parse("[node]\nsite_id = \"KHI/#\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.site_id") && e.contains("KHI/#"), "{e}");
+
+        let e = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(e.contains("log.format") && e.contains("human, json"), "{e}");
+
+        // Unknown keys are typos until proven otherwise.
+        let e = parse("[ingest]\nmax_widht = 10\n").unwrap_err().to_string();
+        assert!(e.contains("max_widht") && e.contains("max_width"), "{e}");
+
+        let e = parse("[ingest]\nmax_width = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_width"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let raw = RawConfig::from_toml(
+            "[paths]\ndata_dir = \"/a\"\n[web]\nlisten = \"127.0.0.1:1\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        let ov = Overrides {
+            data_dir: Some("/b".into()),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::from_raw(raw, &ov).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/b"));
+        assert_eq!(c.hot_folder, PathBuf::from("/b/incoming"));
+        assert_eq!(c.listen.port(), 2);
+    }
+}

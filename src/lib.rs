@@ -1,0 +1,220 @@
+//! riac-node: the edge node beside a cargo X-ray scanner. [`start`] wires the tasks
+//! (hot folder and HTTP intake, pipeline, store, web) under one cancellation token and one
+//! task tracker; [`Node::shutdown`] stops intake, lets in-flight work finish within the
+//! configured deadline, and closes the database last. See docs/ARCHITECTURE.md.
+
+pub mod bench;
+pub mod config;
+pub mod imaging;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+pub mod scan;
+pub mod sim;
+pub mod store;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use ingest::hotfolder::{HotFolder, HotFolderError};
+use ingest::Ingestor;
+use metrics::Metrics;
+use pipeline::{NodeIdentity, Pipeline};
+use store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source} (another service may hold the port; set web.listen or --listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    HotFolder(#[from] HotFolderError),
+}
+
+/// A running node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    /// The address the web server is bound to (useful with port 0).
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub ingestor: Ingestor,
+    pub metrics: Metrics,
+    pub config: Arc<Config>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Starts every task of the node. Returns once the node accepts drops and requests.
+pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let swept = ingest::sweep_temp_dirs(&cfg.data_dir);
+    if swept > 0 {
+        tracing::info!(
+            count = swept,
+            "removed temp directories left by an interrupted ingest"
+        );
+    }
+    let db = cfg.db_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|_| StoreError::Closed)??;
+    let cfg = Arc::new(cfg);
+    let metrics = Metrics::new();
+    let tracker = TaskTracker::new();
+
+    let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
+    let pipeline = Pipeline {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        identity: NodeIdentity {
+            node_id: cfg.node_id.clone(),
+            site_id: cfg.site_id.clone(),
+        },
+    };
+    tracker.spawn(pipeline.run(rx, token.clone()));
+    {
+        // Scans stored before a crash but never decided go first.
+        let (store, tx, token) = (store.clone(), tx.clone(), token.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                r = pipeline::requeue_undecided(&store, &tx) => match r {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "requeued scans stored but not decided before the last stop"),
+                    Err(e) => tracing::error!(error = %e, "cannot requeue undecided scans"),
+                },
+            }
+        });
+    }
+
+    let ingestor = Ingestor::new(&cfg, store.clone(), metrics.clone(), tx);
+    let hot = HotFolder::new(&cfg, ingestor.clone())?;
+    {
+        let (token, t2) = (token.clone(), tracker.clone());
+        tracker.spawn(async move {
+            if let Err(e) = hot.run(token.clone(), t2).await {
+                tracing::error!(error = %e, "hot folder stopped; the node keeps serving the API");
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let app = web::router(web::AppState::new(
+        cfg.clone(),
+        store.clone(),
+        ingestor.clone(),
+        metrics.clone(),
+    ));
+    {
+        let token = token.clone();
+        tracker.spawn(async move {
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "web server failed");
+            }
+        });
+    }
+    tracing::info!(%addr, node_id = %cfg.node_id, site_id = %cfg.site_id, data_dir = %cfg.data_dir.display(), "riac-node started");
+
+    systemd_ready(&tracker, &token, &store);
+    Ok(Node {
+        addr,
+        store,
+        ingestor,
+        metrics,
+        config: cfg,
+        token,
+        tracker,
+    })
+}
+
+/// Tells systemd we are up and, when it asks for a watchdog, pings it only while the
+/// database answers: a wedged node is restarted rather than left looking alive.
+fn systemd_ready(tracker: &TaskTracker, token: &CancellationToken, store: &Store) {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let (token, store) = (token.clone(), store.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    let probe = store.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?));
+                    match tokio::time::timeout(period, probe).await {
+                        Ok(Ok(_)) => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+                        _ => tracing::error!("database did not answer the watchdog probe; not pinging systemd"),
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Node {
+    /// The token that stops this node (cancel it, or call [`Node::shutdown`]).
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Waits until the token is cancelled (a signal, a test), then shuts down.
+    pub async fn run_until_stopped(self) {
+        self.token.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops intake, waits up to `shutdown.deadline_secs` for in-flight work, closes the
+    /// database. Work still running at the deadline is logged and abandoned: every drop it
+    /// held is still in the hot folder or already committed, so nothing is lost.
+    pub async fn shutdown(self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.token.cancel();
+        self.tracker.close();
+        let deadline = self.config.shutdown_deadline;
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = self.tracker.len(),
+                deadline_secs = deadline.as_secs(),
+                "shutdown deadline reached with tasks still running; abandoning them"
+            );
+        }
+        self.store.close().await;
+        tracing::info!("riac-node stopped");
+    }
+}

@@ -1,0 +1,203 @@
+//! Prometheus metrics for `/metrics`: ingest counts, rejects, queue and outbox depth, stage
+//! latencies. Registered once at start; updating a metric never blocks and never fails.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::ingest::Source;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+type StageHistograms = Family<StageLabel, Histogram, fn() -> Histogram>;
+
+/// Cheap to clone; every clone updates the same metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    ingested: Family<SourceLabel, Counter>,
+    rejected: Family<SourceLabel, Counter>,
+    duplicates: Family<SourceLabel, Counter>,
+    verdicts: Counter,
+    queue_depth: Gauge,
+    outbox_depth: Gauge,
+    scans_stored: Gauge,
+    stage_seconds: StageHistograms,
+}
+
+fn stage_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("riac");
+        let ingested = Family::<SourceLabel, Counter>::default();
+        let rejected = Family::<SourceLabel, Counter>::default();
+        let duplicates = Family::<SourceLabel, Counter>::default();
+        let verdicts = Counter::default();
+        let queue_depth = Gauge::default();
+        let outbox_depth = Gauge::default();
+        let scans_stored = Gauge::default();
+        let stage_seconds: StageHistograms = Family::new_with_constructor(stage_histogram);
+        let started = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "scans_ingested",
+            "Scans stored, by source",
+            ingested.clone(),
+        );
+        registry.register(
+            "scans_rejected",
+            "Drops rejected, by source",
+            rejected.clone(),
+        );
+        registry.register(
+            "scans_duplicate",
+            "Drops whose identical content was already stored",
+            duplicates.clone(),
+        );
+        registry.register("verdicts", "Verdicts decided", verdicts.clone());
+        registry.register(
+            "pipeline_queue_depth",
+            "Scans stored and waiting for their verdict",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Messages waiting in the outbox for the central RIAC",
+            outbox_depth.clone(),
+        );
+        registry.register(
+            "scans_stored",
+            "Scans in the database",
+            scans_stored.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Time spent per processing stage",
+            stage_seconds.clone(),
+        );
+        registry.register(
+            "start_time_seconds",
+            "Unix time the node started",
+            started.clone(),
+        );
+        started.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                ingested,
+                rejected,
+                duplicates,
+                verdicts,
+                queue_depth,
+                outbox_depth,
+                scans_stored,
+                stage_seconds,
+            }),
+        }
+    }
+
+    pub fn ingested(&self, s: Source) {
+        self.inner
+            .ingested
+            .get_or_create(&SourceLabel { source: s.as_str() })
+            .inc();
+    }
+    pub fn rejected(&self, s: Source) {
+        self.inner
+            .rejected
+            .get_or_create(&SourceLabel { source: s.as_str() })
+            .inc();
+    }
+    pub fn duplicate(&self, s: Source) {
+        self.inner
+            .duplicates
+            .get_or_create(&SourceLabel { source: s.as_str() })
+            .inc();
+    }
+    pub fn verdict(&self) {
+        self.inner.verdicts.inc();
+    }
+    pub fn queue_depth(&self, n: usize) {
+        self.inner.queue_depth.set(n as i64);
+    }
+    pub fn observe_stage(&self, stage: &'static str, d: Duration) {
+        self.inner
+            .stage_seconds
+            .get_or_create(&StageLabel { stage })
+            .observe(d.as_secs_f64());
+    }
+    pub fn set_store_gauges(&self, outbox: i64, scans: i64) {
+        self.inner.outbox_depth.set(outbox);
+        self.inner.scans_stored.set(scans);
+    }
+
+    pub fn ingested_count(&self, s: Source) -> u64 {
+        self.inner
+            .ingested
+            .get_or_create(&SourceLabel { source: s.as_str() })
+            .get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.ingested(Source::Http);
+        m.observe_stage("decode", Duration::from_millis(3));
+        let text = m.encode();
+        assert!(
+            text.contains("riac_scans_ingested_total{source=\"http\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("riac_stage_seconds_bucket{le=\"0.004\",stage=\"decode\"} 1")
+                || text.contains("riac_stage_seconds_bucket{stage=\"decode\",le=\"0.004\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Numbered schema migrations, applied in order at open; `PRAGMA user_version` records the
+//! last one applied. A migration is never edited once released: add a new one.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{Result, StoreError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: scans, verdicts with their hash chain, the outbox, the audit chain, rejects.
+    r#"
+    CREATE TABLE scans (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        scan_id            TEXT NOT NULL UNIQUE,
+        received_at        TEXT NOT NULL,
+        scanned_at         TEXT NOT NULL,
+        scanner_id         TEXT NOT NULL,
+        site_id            TEXT NOT NULL,
+        direction          TEXT NOT NULL,
+        regime             TEXT NOT NULL,
+        declaration_number TEXT NOT NULL,
+        container_ids      TEXT NOT NULL,   -- JSON array of ISO 6346 ids
+        vehicle_plate      TEXT,
+        sidecar            TEXT NOT NULL,   -- the sidecar JSON exactly as received
+        source             TEXT NOT NULL,   -- hot_folder | http
+        content_sha256     TEXT NOT NULL,   -- over sidecar + image bytes: duplicate detection
+        image_dir          TEXT NOT NULL,   -- relative to the data dir
+        original_file      TEXT NOT NULL,   -- name inside image_dir
+        has_low_energy     INTEGER NOT NULL DEFAULT 0,
+        width              INTEGER NOT NULL,
+        height             INTEGER NOT NULL,
+        source_format      TEXT NOT NULL,
+        source_bits        INTEGER NOT NULL,
+        pixel_meaning      TEXT NOT NULL,
+        state              TEXT NOT NULL    -- ingested (awaiting its verdict) | decided
+    );
+    CREATE INDEX scans_state ON scans(state) WHERE state <> 'decided';
+    CREATE INDEX scans_declaration ON scans(declaration_number);
+    CREATE TABLE scan_containers (
+        container_id TEXT NOT NULL,
+        scan_id      TEXT NOT NULL REFERENCES scans(scan_id),
+        PRIMARY KEY (container_id, scan_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE verdicts (
+        seq        INTEGER PRIMARY KEY,     -- per node, gap-free, assigned by the one writer
+        verdict_id TEXT NOT NULL UNIQUE,
+        scan_id    TEXT NOT NULL REFERENCES scans(scan_id),
+        decided_at TEXT NOT NULL,
+        outcome    TEXT NOT NULL,
+        decided_by TEXT NOT NULL,
+        supersedes TEXT,
+        body       TEXT NOT NULL,           -- the verdict JSON as published
+        hash       TEXT NOT NULL            -- sha256 of the canonical body without signature
+    );
+    CREATE INDEX verdicts_scan ON verdicts(scan_id, seq);
+
+    CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind       TEXT NOT NULL,           -- verdict | ...
+        ref        TEXT,                    -- verdict_id for verdicts
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        at        TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        subject   TEXT,
+        detail    TEXT NOT NULL,            -- JSON
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+
+    CREATE TABLE rejects (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      TEXT NOT NULL,
+        scan_id TEXT,
+        source  TEXT NOT NULL,
+        field   TEXT,
+        reason  TEXT NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let t = conn.transaction()?;
+        t.execute_batch(sql)?;
+        t.pragma_update(None, "user_version", i as i64 + 1)?;
+        t.commit()?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.db");
+        let mut c = Connection::open(&p).unwrap();
+        migrate(&mut c, &p).unwrap();
+        migrate(&mut c, &p).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        c.pragma_update(None, "user_version", VERSION + 1).unwrap();
+        assert!(matches!(
+            migrate(&mut c, &p),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+}

@@ -1,0 +1,196 @@
+//! Scans in through the hot folder and HTTP: stored once each, with a verdict and an outbox
+//! row, surviving restarts.
+
+use std::time::Duration;
+
+use crate::common::*;
+use riac_node::sim::SimImageFormat;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_hot_folder_drops_become_twenty_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let mut sim = sim(11);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        // A mix of the contract's formats.
+        let d = if i % 3 == 1 {
+            sim_format(100 + i, SimImageFormat::Png).next_drop()
+        } else if i % 3 == 2 {
+            sim_format(200 + i, SimImageFormat::Pgm).next_drop()
+        } else {
+            sim.next_drop()
+        };
+        d.write_to(&node.hot).unwrap();
+        ids.push(d.scan_id);
+    }
+    node.wait_counts((20, 20, 20), Duration::from_secs(120))
+        .await;
+    wait_until(Duration::from_secs(10), "hot folder emptied", || {
+        files_in(&node.hot).is_empty()
+    })
+    .await;
+
+    let (status, list) = node.get_json("/api/v1/scans?limit=50").await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = list["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 20);
+    for id in &ids {
+        assert!(listed.contains(&id.as_str()), "{id} missing from the list");
+    }
+    let (status, one) = node.get_json(&format!("/api/v1/scans/{}", ids[0])).await;
+    assert_eq!(status, 200);
+    let v = &one["verdict"];
+    assert_eq!(v["schema"], "riac.verdict/1");
+    assert_eq!(v["scan_id"], ids[0].as_str());
+    assert_eq!(v["outcome"], "refer");
+    assert_eq!(v["decided_by"], "auto");
+    assert_eq!(v["manifest"]["status"], "unknown");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no embedding model"),
+        "{v}"
+    );
+    assert!(v["seq"].as_u64().unwrap() >= 1);
+    assert_eq!(v["prev_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(one["scan"]["state"], "decided");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_http_uploads_become_twenty_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let mut sim = sim(12);
+    for _ in 0..20 {
+        let d = sim.next_drop();
+        let (status, body) = node
+            .post_drop(
+                &serde_json::to_vec(&d.sidecar).unwrap(),
+                Some(d.encode_image()),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["scan_id"], d.scan_id.as_str());
+    }
+    node.wait_counts((20, 20, 20), Duration::from_secs(60))
+        .await;
+    let (_, list) = node.get_json("/api/v1/scans?limit=5").await;
+    assert_eq!(list["scans"].as_array().unwrap().len(), 5);
+    assert!(list["next"].is_i64());
+    assert_eq!(list["scans"][0]["source"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_scan_twice_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let d = sim(13).next_drop();
+    let sidecar = serde_json::to_vec(&d.sidecar).unwrap();
+    let (s1, _) = node.post_drop(&sidecar, Some(d.encode_image())).await;
+    assert_eq!(s1, 201);
+    let (s2, body) = node.post_drop(&sidecar, Some(d.encode_image())).await;
+    assert_eq!(s2, 200, "{body}");
+    assert_eq!(body["status"], "duplicate");
+    // The same drop again through the hot folder: recognised and removed, not stored.
+    d.write_to(&node.hot).unwrap();
+    wait_until(Duration::from_secs(10), "duplicate drop removed", || {
+        files_in(&node.hot).is_empty()
+    })
+    .await;
+    node.wait_counts((1, 1, 1), Duration::from_secs(10)).await;
+    assert!(files_in(&node.hot.join("rejected")).is_empty());
+
+    // Same id, other content: a conflict, refused, and the stored scan is untouched.
+    let mut other = sim(14).next_drop();
+    other.sidecar["scan_id"] = d.scan_id.clone().into();
+    other.sidecar["image"]["file"] = d.image_file.clone().into();
+    let (s3, body) = node
+        .post_drop(
+            &serde_json::to_vec(&other.sidecar).unwrap(),
+            Some(other.encode_image()),
+        )
+        .await;
+    assert_eq!(s3, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different content"),
+        "{body}"
+    );
+    node.wait_counts((1, 1, 1), Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_made_while_stopped_are_ingested_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    std::fs::create_dir_all(&cfg.hot_folder).unwrap();
+    let mut sim = sim(15);
+    for _ in 0..5 {
+        sim.next_drop().write_to(&cfg.hot_folder).unwrap();
+    }
+    let mut node = TestNode::start_with(cfg).await;
+    node.wait_counts((5, 5, 5), Duration::from_secs(60)).await;
+    node.stop().await;
+
+    // And again across a restart of the same data dir.
+    for _ in 0..3 {
+        sim.next_drop().write_to(&dir.path().join("hot")).unwrap();
+    }
+    let node = TestNode::start(dir.path()).await;
+    node.wait_counts((8, 8, 8), Duration::from_secs(60)).await;
+    let (_, list) = node.get_json("/api/v1/scans?limit=500").await;
+    assert_eq!(list["scans"].as_array().unwrap().len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_still_being_written_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let d = sim(16).next_drop();
+    let image = d.encode_image();
+    // A scanner that breaks the contract: sidecar first, then the image, slowly.
+    let sidecar_path = node.hot.join(format!("{}.json", d.scan_id));
+    std::fs::write(&sidecar_path, serde_json::to_vec(&d.sidecar).unwrap()).unwrap();
+    let img_path = node.hot.join(&d.image_file);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&img_path).unwrap();
+        for chunk in image.chunks(image.len() / 8 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Nothing may be stored, and nothing rejected, while the file grows.
+            assert_eq!(node.counts().await.0, 0);
+            assert!(files_in(&node.hot.join("rejected")).is_empty());
+        }
+    }
+    node.wait_counts((1, 1, 1), Duration::from_secs(20)).await;
+    let (_, one) = node.get_json(&format!("/api/v1/scans/{}", d.scan_id)).await;
+    assert_eq!(one["scan"]["width"], d.image.width());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_exit_verdict_says_the_transit_check_did_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let mut sim = sim(17);
+    let pair = sim.next_transit_pair();
+    pair.entry.write_to(&node.hot).unwrap();
+    pair.exit.write_to(&node.hot).unwrap();
+    node.wait_counts((2, 2, 2), Duration::from_secs(30)).await;
+    let (_, exit) = node
+        .get_json(&format!("/api/v1/scans/{}", pair.exit.scan_id))
+        .await;
+    assert_eq!(exit["scan"]["direction"], "exit");
+    let reasons = exit["verdict"]["reasons"].to_string();
+    assert!(reasons.contains("transit check not run"), "{reasons}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real node on loopback with temp dirs. One binary (autotests =
+//! false) so the suite links once.
+
+mod common;
+
+mod api;
+mod capture;
+mod daemon;
+mod dicom;
+mod rejects;
