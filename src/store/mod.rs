@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod chain;
+pub mod entries;
 pub mod scans;
 pub mod schema;
 pub mod verdicts;

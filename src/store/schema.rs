@@ -85,6 +85,26 @@ const MIGRATIONS: &[&str] = &[
         reason  TEXT NOT NULL
     );
     "#,
+    // 2: entry packages received from entry sites, for transit pairing at this exit site.
+    r#"
+    CREATE TABLE entry_packages (
+        entry_scan_id      TEXT PRIMARY KEY,
+        origin_site        TEXT NOT NULL,
+        exit_site          TEXT NOT NULL,
+        declaration_number TEXT NOT NULL,
+        container_ids      TEXT NOT NULL,   -- JSON array
+        scanned_at         TEXT NOT NULL,
+        received_at        TEXT NOT NULL,
+        image_path         TEXT NOT NULL,   -- relative to the data dir
+        package            TEXT NOT NULL    -- the package JSON (metadata, no image)
+    );
+    CREATE INDEX entry_packages_declaration ON entry_packages(declaration_number);
+    CREATE TABLE entry_package_containers (
+        container_id  TEXT NOT NULL,
+        entry_scan_id TEXT NOT NULL REFERENCES entry_packages(entry_scan_id),
+        PRIMARY KEY (container_id, entry_scan_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.
