@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod doctor;
 pub mod imaging;
 pub mod ingest;
 pub mod metrics;

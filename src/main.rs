@@ -99,6 +99,13 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         resolution_scale: f64,
     },
+    /// Self-check for field engineers: config, directories, disk, database, clock, port.
+    Doctor {
+        #[arg(long, short, env = "RIAC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Check a config file and print the effective configuration.
     ValidateConfig { file: PathBuf },
     /// Measure the node on this machine.
@@ -198,6 +205,13 @@ async fn main() -> Result<()> {
             simulate(opts, out, post, count, transit_pairs).await
         }
         Command::ValidateConfig { file } => validate_config(&file),
+        Command::Doctor { config, node } => {
+            let checks = riac_node::doctor::run(&config, &node.overrides());
+            if !riac_node::doctor::print(&checks) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Bench { what } => match what {
             BenchWhat::Ingest {
                 count,
@@ -267,15 +281,18 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     let token = CancellationToken::new();
     spawn_signal_handler(token.clone());
     let node = riac_node::start(cfg, token.clone()).await?;
-    println!();
-    println!("  riac-node demo is running: http://{}/", node.addr);
-    println!("  data dir:   {}", data_dir.display());
-    println!(
-        "  hot folder: {} (the simulator drops a scan every {interval_secs}s)",
+    // One write, errors ignored: a closed stdout (a pipe whose reader left) must not stop the demo.
+    let banner = format!(
+        "\n  riac-node demo is running: http://{}/\n  data dir:   {}\n  hot folder: {} (the simulator drops a scan every {interval_secs}s)\n  stop with Ctrl-C\n\n",
+        node.addr,
+        data_dir.display(),
         hot.display()
     );
-    println!("  stop with Ctrl-C");
-    println!();
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
+    }
 
     let sim_token = token.clone();
     let feeder = tokio::spawn(async move {

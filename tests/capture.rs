@@ -194,3 +194,54 @@ async fn transit_exit_verdict_says_the_transit_check_did_not_run() {
     let reasons = exit["verdict"]["reasons"].to_string();
     assert!(reasons.contains("transit check not run"), "{reasons}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_energy_low_image_is_stored_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let mut sim = sim(18);
+    let d = sim.next_drop();
+    let low_name = d.image_file.replace(".tiff", ".low.tiff");
+    std::fs::write(node.hot.join(&low_name), d.encode_image()).unwrap();
+    d.write_to(&node.hot).unwrap();
+    node.wait_counts((1, 1, 1), Duration::from_secs(20)).await;
+    let (_, one) = node.get_json(&format!("/api/v1/scans/{}", d.scan_id)).await;
+    assert_eq!(one["scan"]["has_low_energy"], true);
+    wait_until(Duration::from_secs(10), "drop removed", || {
+        files_in(&node.hot).is_empty()
+    })
+    .await;
+
+    // A low-energy image of another size is refused with the drop.
+    let d2 = sim.next_drop();
+    let small = image::imageops::resize(&d2.image, 64, 32, image::imageops::FilterType::Nearest);
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageLuma16(small)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Tiff,
+        )
+        .unwrap();
+    std::fs::write(
+        node.hot.join(d2.image_file.replace(".tiff", ".low.tiff")),
+        bytes,
+    )
+    .unwrap();
+    d2.write_to(&node.hot).unwrap();
+    let err = node
+        .hot
+        .join("rejected")
+        .join(format!("{}.error.txt", d2.scan_id));
+    wait_until(
+        Duration::from_secs(20),
+        "low-energy mismatch rejected",
+        || err.is_file(),
+    )
+    .await;
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert!(
+        text.contains("field: image.low") && text.contains("64x32"),
+        "{text}"
+    );
+    assert_eq!(node.counts().await.0, 1);
+}

@@ -1,0 +1,371 @@
+//! `riac-node doctor`: the field engineer's self-check. Each check reports pass, warn or
+//! fail with a sentence saying what was found and what to do; the command exits non-zero
+//! when any check fails. Checks only read, or write and remove their own probe files: the
+//! doctor never changes the node's data.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Below this much free space the node cannot be trusted to store a day of scans.
+pub const MIN_FREE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Runs every check against the config at `config_path` with `ov` applied.
+pub fn run(config_path: &Path, ov: &Overrides) -> Vec<Check> {
+    let cfg = match Config::load(config_path, ov) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Check::new(
+                "config",
+                Status::Fail,
+                format!(
+                    "{e}; fix it, then run `riac-node validate-config {}`",
+                    config_path.display()
+                ),
+            )]
+        }
+    };
+    let mut checks = vec![Check::new(
+        "config",
+        Status::Pass,
+        format!(
+            "{} is valid (node {} at site {})",
+            config_path.display(),
+            cfg.node_id,
+            cfg.site_id
+        ),
+    )];
+    checks.push(check_dir_writable("data dir", &cfg.data_dir));
+    checks.push(check_free_space(&cfg.data_dir));
+    checks.push(check_database(&cfg));
+    checks.push(check_dir_writable("hot folder", &cfg.hot_folder));
+    checks.push(check_clock(&cfg));
+    checks.push(check_listen(&cfg));
+    checks
+}
+
+fn check_dir_writable(name: &'static str, dir: &Path) -> Check {
+    if !dir.exists() {
+        return Check::new(
+            name,
+            Status::Fail,
+            format!(
+                "{} does not exist; create it (owned by the riac user) or fix the config",
+                dir.display()
+            ),
+        );
+    }
+    let probe = dir.join(format!(".riac-doctor-{}", std::process::id()));
+    let r = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&probe)?;
+        f.write_all(b"probe")?;
+        f.sync_all()?;
+        fs::remove_file(&probe)
+    })();
+    match r {
+        Ok(()) => Check::new(name, Status::Pass, format!("{} is writable", dir.display())),
+        Err(e) => {
+            let _ = fs::remove_file(&probe);
+            Check::new(
+                name,
+                Status::Fail,
+                format!("cannot write in {}: {e}; check ownership and permissions (the service runs as user riac)", dir.display()),
+            )
+        }
+    }
+}
+
+/// Free bytes and total bytes of the file system holding `path`.
+pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = s.f_frsize as u64;
+    Ok((s.f_bavail as u64 * frsize, s.f_blocks as u64 * frsize))
+}
+
+fn check_free_space(dir: &Path) -> Check {
+    match disk_space(dir) {
+        Err(e) => Check::new(
+            "disk space",
+            Status::Fail,
+            format!("cannot read free space of {}: {e}", dir.display()),
+        ),
+        Ok((free, total)) => {
+            let gib = |b: u64| b as f64 / (1024.0 * 1024.0 * 1024.0);
+            let detail = format!(
+                "{:.1} GiB free of {:.1} GiB on {}",
+                gib(free),
+                gib(total),
+                dir.display()
+            );
+            if free < MIN_FREE_BYTES {
+                Check::new(
+                    "disk space",
+                    Status::Fail,
+                    format!("{detail}; free space or move the data dir to a larger disk"),
+                )
+            } else if total > 0 && free * 10 < total {
+                Check::new("disk space", Status::Warn, format!("{detail} (under 10%)"))
+            } else {
+                Check::new("disk space", Status::Pass, detail)
+            }
+        }
+    }
+}
+
+fn check_database(cfg: &Config) -> Check {
+    let path = cfg.db_path();
+    if !path.exists() {
+        return Check::new(
+            "database",
+            Status::Pass,
+            format!(
+                "{} does not exist yet; the node creates it at first start",
+                path.display()
+            ),
+        );
+    }
+    let r = (|| -> rusqlite::Result<(String, i64)> {
+        let c = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let qc: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok((qc, v))
+    })();
+    match r {
+        Ok((qc, v)) if qc == "ok" && v <= crate::store::schema::VERSION => Check::new(
+            "database",
+            Status::Pass,
+            format!("{} passes quick_check (schema {v})", path.display()),
+        ),
+        Ok((qc, v)) if qc == "ok" => Check::new(
+            "database",
+            Status::Fail,
+            format!(
+                "{} has schema {v}, newer than this riac-node ({}); install the newer version",
+                path.display(),
+                crate::store::schema::VERSION
+            ),
+        ),
+        Ok((qc, _)) => Check::new(
+            "database",
+            Status::Fail,
+            format!(
+                "{} is damaged: {qc}; stop the node and restore from backup",
+                path.display()
+            ),
+        ),
+        Err(e) => Check::new(
+            "database",
+            Status::Fail,
+            format!("cannot read {}: {e}", path.display()),
+        ),
+    }
+}
+
+fn check_clock(cfg: &Config) -> Check {
+    let now = time::OffsetDateTime::now_utc();
+    if now.year() < 2025 {
+        return Check::new(
+            "clock",
+            Status::Fail,
+            format!("system clock says {now}; set the time (NTP) before scanning: timestamps are evidence"),
+        );
+    }
+    // A clock that jumped back behind scans already stored would make new scans look older.
+    let newest: Option<String> = rusqlite::Connection::open_with_flags(
+        cfg.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()
+    .and_then(|c| {
+        c.query_row("SELECT max(received_at) FROM scans", [], |r| r.get(0))
+            .ok()
+    })
+    .flatten();
+    let now_s = crate::store::format_ts(now);
+    if let Some(n) = newest {
+        if n > now_s {
+            return Check::new(
+                "clock",
+                Status::Fail,
+                format!("system clock ({now_s}) is behind the newest stored scan ({n}); fix NTP before starting the node"),
+            );
+        }
+    }
+    match std::process::Command::new("timedatectl")
+        .args(["show", "-p", "NTPSynchronized", "--value"])
+        .output()
+    {
+        Ok(out) if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "yes" => {
+            Check::new(
+                "clock",
+                Status::Pass,
+                format!("{now_s}, synchronised by NTP"),
+            )
+        }
+        Ok(out) if out.status.success() => Check::new(
+            "clock",
+            Status::Warn,
+            format!(
+                "{now_s}, but systemd reports it is not NTP-synchronised; enable timesyncd/chrony"
+            ),
+        ),
+        _ => Check::new(
+            "clock",
+            Status::Warn,
+            format!("{now_s}; cannot ask timedatectl whether NTP is synchronised"),
+        ),
+    }
+}
+
+fn check_listen(cfg: &Config) -> Check {
+    match std::net::TcpListener::bind(cfg.listen) {
+        Ok(_) => Check::new(
+            "web listen",
+            Status::Pass,
+            format!("{} is free to bind", cfg.listen),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Check::new(
+            "web listen",
+            Status::Warn,
+            format!(
+                "{} is in use (the node may already be running: `systemctl status riac-node`)",
+                cfg.listen
+            ),
+        ),
+        Err(e) => Check::new(
+            "web listen",
+            Status::Fail,
+            format!("cannot bind {}: {e}; change web.listen", cfg.listen),
+        ),
+    }
+}
+
+/// Prints the checks as a list and returns whether all passed or only warned.
+pub fn print(checks: &[Check]) -> bool {
+    for c in checks {
+        println!("{:<5} {:<12} {}", c.status, c.name, c.detail);
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if failed == 0 {
+        println!("all checks passed");
+    } else {
+        println!("{failed} check(s) failed");
+    }
+    failed == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+        let p = dir.join("c.toml");
+        fs::write(
+            &p,
+            format!(
+                "[node]\nnode_id = \"n\"\nsite_id = \"S\"\n[paths]\ndata_dir = \"{}\"\n[web]\nlisten = \"127.0.0.1:0\"\n{extra}",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn status_of(checks: &[Check], name: &str) -> Status {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}"))
+            .status
+    }
+
+    #[test]
+    fn bad_config_fails_first() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_config(d.path(), "[ingest]\nmax_width = 1\n");
+        let checks = run(&p, &Overrides::default());
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(checks[0].detail.contains("ingest.max_width"));
+    }
+
+    #[test]
+    fn missing_and_unwritable_dirs_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_config(d.path(), "");
+        let checks = run(&p, &Overrides::default());
+        assert_eq!(status_of(&checks, "data dir"), Status::Fail);
+        fs::create_dir_all(d.path().join("data/incoming")).unwrap();
+        let checks = run(&p, &Overrides::default());
+        assert_eq!(status_of(&checks, "data dir"), Status::Pass);
+        assert_eq!(status_of(&checks, "hot folder"), Status::Pass);
+        assert_eq!(status_of(&checks, "database"), Status::Pass);
+        assert_eq!(status_of(&checks, "web listen"), Status::Pass);
+        // Root ignores permission bits, so unwritability is made with a file in the way.
+        let blocked = d.path().join("blocked");
+        fs::write(&blocked, b"x").unwrap();
+        let c = check_dir_writable("hot folder", &blocked.join("sub"));
+        assert_eq!(c.status, Status::Fail);
+    }
+
+    #[test]
+    fn damaged_database_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_config(d.path(), "");
+        fs::create_dir_all(d.path().join("data")).unwrap();
+        fs::write(
+            d.path().join("data/riac-node.db"),
+            b"this is not a database, it is a text file that is long enough",
+        )
+        .unwrap();
+        let checks = run(&p, &Overrides::default());
+        assert_eq!(status_of(&checks, "database"), Status::Fail);
+    }
+}
