@@ -79,6 +79,12 @@ pub struct RawWeb {
     pub listen: Option<String>,
     pub request_timeout_secs: Option<u64>,
     pub max_concurrent_uploads: Option<u32>,
+    pub tls: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub session_hours: Option<u64>,
+    pub login_max_failures: Option<u32>,
+    pub login_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +144,25 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_deadline: Duration,
+    pub web: WebConfig,
+}
+
+/// The operator UI's security settings (`[web]`).
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub tls: Option<TlsConfig>,
+    pub session_lifetime: Duration,
+    /// Failed logins allowed per client address and per user name within `login_window`.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsConfig {
+    /// The site's certificate and key (PEM).
+    Files { cert: PathBuf, key: PathBuf },
+    /// A self-signed certificate generated on first start under `<data_dir>/tls/`.
+    SelfSigned,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +244,55 @@ fn absolute_dir(key: &'static str, p: PathBuf) -> Result<PathBuf, ConfigError> {
     Ok(p)
 }
 
+fn web_config(w: &RawWeb, listen: SocketAddr) -> Result<WebConfig, ConfigError> {
+    // Plain HTTP only where nobody else can listen in: TLS is on by default for any address
+    // but loopback.
+    let tls_on = w.tls.unwrap_or(!listen.ip().is_loopback());
+    let tls = match (tls_on, &w.tls_cert, &w.tls_key) {
+        (false, None, None) => None,
+        (false, _, _) => {
+            return Err(invalid(
+                "web.tls",
+                "false",
+                "web.tls_cert and web.tls_key are set but TLS is off; remove them or set web.tls = true",
+            ))
+        }
+        (true, None, None) => Some(TlsConfig::SelfSigned),
+        (true, Some(cert), Some(key)) => Some(TlsConfig::Files {
+            cert: absolute_dir("web.tls_cert", cert.clone())?,
+            key: absolute_dir("web.tls_key", key.clone())?,
+        }),
+        (true, Some(_), None) => {
+            return Err(invalid(
+                "web.tls_key",
+                "(missing)",
+                "web.tls_cert is set: give the matching private key file too",
+            ))
+        }
+        (true, None, Some(_)) => {
+            return Err(invalid(
+                "web.tls_cert",
+                "(missing)",
+                "web.tls_key is set: give the matching certificate file too",
+            ))
+        }
+    };
+    Ok(WebConfig {
+        tls,
+        session_lifetime: Duration::from_secs(
+            3600 * ranged("web.session_hours", w.session_hours, 12, 1, 168)?,
+        ),
+        login_max_failures: ranged("web.login_max_failures", w.login_max_failures, 5, 1, 1000)?,
+        login_window: Duration::from_secs(ranged(
+            "web.login_window_secs",
+            w.login_window_secs,
+            300,
+            10,
+            86_400,
+        )?),
+    })
+}
+
 impl Config {
     /// Applies defaults and overrides to `raw` and checks every value.
     pub fn from_raw(raw: RawConfig, ov: &Overrides) -> Result<Self, ConfigError> {
@@ -250,7 +324,7 @@ impl Config {
         let listen_s = ov
             .listen
             .clone()
-            .or(raw.web.listen)
+            .or(raw.web.listen.clone())
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s.parse().map_err(|_| {
             invalid(
@@ -273,6 +347,8 @@ impl Config {
             1,
             256,
         )? as usize;
+
+        let web = web_config(&raw.web, listen)?;
 
         let i = raw.ingest;
         let max_width = ranged("ingest.max_width", i.max_width, 20_000, 16, 100_000)?;
@@ -364,6 +440,7 @@ impl Config {
                 1,
                 600,
             )?),
+            web,
         })
     }
 
@@ -445,6 +522,11 @@ mod tests {
             .to_string();
         assert!(e.contains("node.site_id") && e.contains("KHI/#"), "{e}");
 
+        let e = parse("[web]\ntls_cert = \"/etc/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.tls_key"), "{e}");
+
         let e = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
         assert!(e.contains("log.format") && e.contains("human, json"), "{e}");
 
@@ -456,6 +538,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_width"), "{e}");
+    }
+
+    #[test]
+    fn tls_is_on_by_default_except_on_loopback() {
+        assert_eq!(parse("").unwrap().web.tls, None);
+        let c = parse("[web]\nlisten = \"0.0.0.0:8443\"\n").unwrap();
+        assert_eq!(c.web.tls, Some(TlsConfig::SelfSigned));
+        let c = parse("[web]\nlisten = \"0.0.0.0:8080\"\ntls = false\n").unwrap();
+        assert_eq!(c.web.tls, None);
+        let c = parse("[web]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\ntls = true\n").unwrap();
+        assert_eq!(
+            c.web.tls,
+            Some(TlsConfig::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert_eq!(c.web.session_lifetime, Duration::from_secs(12 * 3600));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     HotFolder(#[from] HotFolderError),
+    #[error("cannot start the web server: {0}")]
+    Web(#[from] web::WebError),
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -128,22 +130,13 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         addr: cfg.listen,
         source,
     })?;
-    let app = web::router(web::AppState::new(
+    let state = web::AppState::new(
         cfg.clone(),
         store.clone(),
         ingestor.clone(),
         metrics.clone(),
-    ));
-    {
-        let token = token.clone();
-        tracker.spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "web server failed");
-            }
-        });
-    }
+    );
+    web::spawn_server(listener, state, &tracker, &token).await?;
     tracing::info!(%addr, node_id = %cfg.node_id, site_id = %cfg.site_id, data_dir = %cfg.data_dir.display(), "riac-node started");
 
     systemd_ready(&tracker, &token, &store);

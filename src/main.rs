@@ -81,6 +81,9 @@ enum Command {
         /// Post each drop to this node instead, e.g. http://127.0.0.1:8080.
         #[arg(long)]
         post: Option<String>,
+        /// API token of a scanner (or admin) account for --post (`riac-node user token`).
+        #[arg(long, env = "RIAC_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Number of scans (with --transit-pairs: number of entry/exit pairs).
         #[arg(long, default_value_t = 10)]
         count: usize,
@@ -106,6 +109,14 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Manage operator accounts (users, roles, API tokens) in a node's database.
+    User {
+        /// The node's data directory (holds riac-node.db).
+        #[arg(long, env = "RIAC_DATA_DIR", default_value = riac_node::config::DEFAULT_DATA_DIR, global = true)]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        what: UserWhat,
+    },
     /// Check a config file and print the effective configuration.
     ValidateConfig { file: PathBuf },
     /// Measure the node on this machine.
@@ -113,6 +124,33 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum UserWhat {
+    /// Create an account; the password is read from the terminal (or stdin's first line).
+    Add {
+        name: String,
+        /// operator | supervisor | admin | scanner
+        #[arg(long, default_value = "operator")]
+        role: String,
+    },
+    /// Set a new password (read from the terminal or stdin); ends the user's sessions.
+    Passwd { name: String },
+    /// Disable an account: ends its sessions and revokes its API tokens.
+    Disable { name: String },
+    /// Re-enable a disabled account.
+    Enable { name: String },
+    /// Change an account's role.
+    Role { name: String, role: String },
+    /// Issue an API token for the account (printed once).
+    Token {
+        name: String,
+        #[arg(long, default_value = "api")]
+        label: String,
+    },
+    /// List the accounts.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +214,7 @@ async fn main() -> Result<()> {
         Command::Simulate {
             out,
             post,
+            token,
             count,
             transit_pairs,
             tamper_rate,
@@ -202,7 +241,30 @@ async fn main() -> Result<()> {
                 format,
                 ..SimOptions::default()
             };
-            simulate(opts, out, post, count, transit_pairs).await
+            simulate(opts, out, post, token, count, transit_pairs).await
+        }
+        Command::User { data_dir, what } => {
+            use riac_node::web::accounts::{cli, UserCommand};
+            let cmd = match what {
+                UserWhat::Add { name, role } => UserCommand::Add {
+                    username: name,
+                    role,
+                },
+                UserWhat::Passwd { name } => UserCommand::Passwd { username: name },
+                UserWhat::Disable { name } => UserCommand::Disable { username: name },
+                UserWhat::Enable { name } => UserCommand::Enable { username: name },
+                UserWhat::Role { name, role } => UserCommand::Role {
+                    username: name,
+                    role,
+                },
+                UserWhat::Token { name, label } => UserCommand::Token {
+                    username: name,
+                    label,
+                },
+                UserWhat::List => UserCommand::List,
+            };
+            println!("{}", cli(&data_dir, cmd).await?);
+            Ok(())
         }
         Command::ValidateConfig { file } => validate_config(&file),
         Command::Doctor { config, node } => {
@@ -281,9 +343,16 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     let token = CancellationToken::new();
     spawn_signal_handler(token.clone());
     let node = riac_node::start(cfg, token.clone()).await?;
+    let (demo_user, demo_password) =
+        riac_node::web::accounts::ensure_demo_account(&node.store).await?;
+    let scheme = if node.config.web.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // One write, errors ignored: a closed stdout (a pipe whose reader left) must not stop the demo.
     let banner = format!(
-        "\n  riac-node demo is running: http://{}/\n  data dir:   {}\n  hot folder: {} (the simulator drops a scan every {interval_secs}s)\n  stop with Ctrl-C\n\n",
+        "\n  riac-node demo is running: {scheme}://{}/\n  log in as:  {demo_user} / {demo_password}  (admin; a new password each run)\n  data dir:   {}\n  hot folder: {} (the simulator drops a scan every {interval_secs}s)\n  stop with Ctrl-C\n\n",
         node.addr,
         data_dir.display(),
         hot.display()
@@ -341,6 +410,7 @@ async fn simulate(
     opts: SimOptions,
     out: Option<PathBuf>,
     post: Option<String>,
+    token: Option<String>,
     count: usize,
     pairs: bool,
 ) -> Result<()> {
@@ -376,7 +446,7 @@ async fn simulate(
                     .with_context(|| format!("writing {} into {}", d.scan_id, dir.display()))?;
             }
             if let Some(url) = &post {
-                post_drop(&client, url, d).await?;
+                post_drop(&client, url, token.as_deref(), d).await?;
             }
             println!("{}", d.scan_id);
         }
@@ -384,7 +454,12 @@ async fn simulate(
     Ok(())
 }
 
-async fn post_drop(client: &reqwest::Client, base: &str, d: &SimDrop) -> Result<()> {
+async fn post_drop(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    d: &SimDrop,
+) -> Result<()> {
     let url = format!("{}/api/v1/scans", base.trim_end_matches('/'));
     let form = reqwest::multipart::Form::new()
         .part(
@@ -396,9 +471,11 @@ async fn post_drop(client: &reqwest::Client, base: &str, d: &SimDrop) -> Result<
             "image",
             reqwest::multipart::Part::bytes(d.encode_image()).file_name(d.image_file.clone()),
         );
-    let resp = client
-        .post(&url)
-        .multipart(form)
+    let mut req = client.post(&url).multipart(form);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("posting to {url}"))?;

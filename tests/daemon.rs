@@ -205,7 +205,10 @@ fn environment_overrides_the_config_file() {
         .unwrap();
     let db = other.join("riac-node.db");
     let start = Instant::now();
-    while !db.exists() && start.elapsed() < Duration::from_secs(20) {
+    // The database appears before the hot folder (migrations run in between): wait for both.
+    while !(db.exists() && dir.path().join("hot").is_dir())
+        && start.elapsed() < Duration::from_secs(20)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
@@ -274,7 +277,11 @@ fn simulate_post_feeds_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_daemon_config(dir.path());
     let mut daemon = Daemon::spawn(&cfg);
+    // Uploads need a scanner (or admin) account's API token.
+    let data = dir.path().join("data");
+    let token = cli_scanner_token(&data);
     let out = Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .env("RIAC_API_TOKEN", &token)
         .args([
             "simulate",
             "--count",
@@ -298,7 +305,6 @@ fn simulate_post_feeds_a_running_node() {
         .map(str::to_string)
         .collect();
     assert_eq!(ids.len(), 3);
-    let data = dir.path().join("data");
     let start = Instant::now();
     while db_counts(&open_db(&data)) != (3, 3, 3) {
         assert!(
@@ -371,6 +377,7 @@ fn demo_serves_simulated_scans() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (login_tx, login_rx) = std::sync::mpsc::channel();
     // Keep draining stdout so the demo never writes into a closed pipe.
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
@@ -380,12 +387,26 @@ fn demo_serves_simulated_scans() {
             if let Some(u) = line.split("running: ").nth(1) {
                 let _ = tx.send(u.trim().to_string());
             }
+            // "  log in as:  demo / <password>  (admin; ...)"
+            if let Some(acct) = line.split("log in as:").nth(1) {
+                let mut it = acct.split_whitespace();
+                if let (Some(u), Some("/"), Some(p)) = (it.next(), it.next(), it.next()) {
+                    let _ = login_tx.send((u.to_string(), p.to_string()));
+                }
+            }
         }
     });
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("demo prints its URL");
-    let client = reqwest::blocking::Client::new();
+    let (user, password) = login_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("demo prints its account");
+    let session = login_blocking(url.trim_end_matches('/'), &user, &password);
+    let client = reqwest::blocking::Client::builder()
+        .default_headers(session)
+        .build()
+        .unwrap();
     let start = Instant::now();
     let mut decided = 0;
     while start.elapsed() < Duration::from_secs(60) && decided < 3 {

@@ -14,8 +14,10 @@
 pub mod audit;
 pub mod chain;
 pub mod entries;
+pub mod queue;
 pub mod scans;
 pub mod schema;
+pub mod users;
 pub mod verdicts;
 
 use std::path::{Path, PathBuf};

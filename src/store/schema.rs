@@ -105,6 +105,36 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (container_id, entry_scan_id)
     ) WITHOUT ROWID;
     "#,
+    // 3: operator accounts (argon2id hashes), login sessions and API tokens, stored by the
+    // SHA-256 of their values.
+    r#"
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        role          TEXT NOT NULL,        -- operator | supervisor | admin | scanner
+        password_hash TEXT NOT NULL,        -- argon2id PHC string
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        last_login_at TEXT
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,        -- sha256 of the cookie value
+        user_id    INTEGER NOT NULL REFERENCES users(id),
+        csrf_token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        client     TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE api_tokens (
+        token_hash TEXT PRIMARY KEY,        -- sha256 of the bearer token
+        user_id    INTEGER NOT NULL REFERENCES users(id),
+        label      TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked    INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppError, AppState};
-use crate::imaging::{self, Window};
+use crate::imaging::Window;
 use crate::ingest::{DropData, IngestOutcome, Rejection, Source, CANONICAL_IMAGE};
 use crate::scan::verdict::Outcome;
 use crate::scan::{is_valid_scan_id, Direction};
@@ -47,13 +47,13 @@ pub async fn metrics(State(st): State<AppState>) -> Result<Response, AppError> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
-    limit: Option<String>,
-    before: Option<String>,
-    direction: Option<String>,
-    container: Option<String>,
-    declaration: Option<String>,
-    outcome: Option<String>,
-    state: Option<String>,
+    pub(super) limit: Option<String>,
+    pub(super) before: Option<String>,
+    pub(super) direction: Option<String>,
+    pub(super) container: Option<String>,
+    pub(super) declaration: Option<String>,
+    pub(super) outcome: Option<String>,
+    pub(super) state: Option<String>,
 }
 
 /// Checks list parameters; shared with the HTML queue page.
@@ -137,7 +137,7 @@ pub async fn list_scans(
     Ok(Json(json!({"scans": scans, "next": next})))
 }
 
-fn check_id(id: &str) -> Result<(), AppError> {
+pub(super) fn check_id(id: &str) -> Result<(), AppError> {
     if is_valid_scan_id(id) {
         Ok(())
     } else {
@@ -148,7 +148,10 @@ fn check_id(id: &str) -> Result<(), AppError> {
     }
 }
 
-async fn load_scan(st: &AppState, id: &str) -> Result<store::scans::ScanRecord, AppError> {
+pub(super) async fn load_scan(
+    st: &AppState,
+    id: &str,
+) -> Result<store::scans::ScanRecord, AppError> {
     check_id(id)?;
     let id2 = id.to_string();
     st.store
@@ -181,16 +184,18 @@ pub async fn get_scan(
         "links": {
             "image": format!("/api/v1/scans/{id}/image.png"),
             "image16": format!("/api/v1/scans/{id}/image16.png"),
+            "samples": format!("/api/v1/scans/{id}/samples"),
+            "page": format!("/scans/{id}"),
         }
     })))
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ImageParams {
-    center: Option<String>,
-    width: Option<String>,
-    invert: Option<String>,
-    max_width: Option<String>,
+    pub(super) center: Option<String>,
+    pub(super) width: Option<String>,
+    pub(super) invert: Option<String>,
+    pub(super) max_width: Option<String>,
 }
 
 fn parse_f32(
@@ -212,12 +217,8 @@ fn parse_f32(
     }
 }
 
-/// The scan rendered to 8-bit with a window over the 16-bit transmission range.
-pub async fn scan_image(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Query(p): Query<ImageParams>,
-) -> Result<Response, AppError> {
+/// Checks window and size parameters shared by the rendered-image endpoints.
+pub(super) fn parse_image_params(p: &ImageParams) -> Result<(Window, u32), AppError> {
     let window = Window {
         center: parse_f32("center", p.center.as_deref(), 32768.0, 0.0, 65535.0)?,
         width: parse_f32("width", p.width.as_deref(), 65536.0, 1.0, 131072.0)?,
@@ -233,27 +234,21 @@ pub async fn scan_image(
         },
     };
     let max_width = parse_f32("max_width", p.max_width.as_deref(), 0.0, 0.0, 100_000.0)? as u32;
+    Ok((window, max_width))
+}
+
+/// The scan rendered to 8-bit with a window over the 16-bit transmission range.
+pub async fn scan_image(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<ImageParams>,
+) -> Result<Response, AppError> {
+    let (window, max_width) = parse_image_params(&p)?;
     let scan = load_scan(&st, &id).await?;
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
-    let png = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
-        let bytes = std::fs::read(&path)
-            .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
-        let img = imaging::decode_png16(&bytes)
-            .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
-        let img = imaging::fit_width(&img, max_width);
-        imaging::encode_png8(&imaging::window_level(&img, window))
-            .map_err(|e| AppError::Internal(e.to_string()))
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.to_string()))??;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/png"),
-            (header::CACHE_CONTROL, "private, max-age=3600"),
-        ],
-        png,
-    )
-        .into_response())
+    let png =
+        super::images::render_cached(&st, format!("scan:{id}"), path, window, max_width).await?;
+    Ok(super::images::png_response(png, None))
 }
 
 /// The stored canonical 16-bit PNG, for viewers that window on the client.

@@ -15,6 +15,10 @@ pub enum AppError {
         message: String,
     },
     NotFound(String),
+    /// Not logged in (no valid session cookie or API token).
+    Unauthorized(String),
+    /// Logged in, but the role may not do this, or the CSRF token is missing or wrong.
+    Forbidden(String),
     Conflict(String),
     PayloadTooLarge(String),
     /// The drop or parameters are well-formed but invalid.
@@ -81,6 +85,8 @@ impl IntoResponse for AppError {
                 (StatusCode::BAD_REQUEST, "bad_request", field, message)
             }
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", None, m),
+            AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", None, m),
+            AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", None, m),
             AppError::Conflict(m) => (StatusCode::CONFLICT, "conflict", None, m),
             AppError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None, m),
             AppError::Unprocessable { field, message } => (

@@ -1,20 +1,42 @@
 //! The node's HTTP face (axum): JSON API, scan upload, rendered images, `/healthz`,
-//! `/metrics` and the operator pages. [`router`] is built apart from the server so tests
-//! drive it with `oneshot`. Handlers only read the store or hand drops to the ingestor; they
-//! never block the pipeline, and a browser never sees internal error text.
+//! `/metrics` and the operator UI (queue, viewer, transit and manifest views, decisions,
+//! status, accounts). [`router`] is built apart from the server so tests drive it with
+//! `oneshot`; [`spawn_server`] runs it over HTTP or HTTPS. Every route passes the access
+//! middleware in [`auth`]. Handlers only read the store, hand drops to the ingestor, or
+//! write decisions and account changes through the one writer; they never block the
+//! pipeline, and a browser never sees internal error text.
 
+pub mod accounts;
+mod admin;
 mod api;
+mod assets;
+pub mod auth;
+mod decide;
 mod error;
+mod events;
+pub mod images;
 mod pages;
+mod scan_page;
+mod status;
+pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -24,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use error::AppError;
+pub use events::ChangeStamp;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -33,18 +56,39 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Uploads hold whole images in memory: past this many at once, answer 503.
     pub upload_permits: Arc<Semaphore>,
+    pub auth: Arc<auth::AuthState>,
+    /// Moves when a scan or verdict is stored (see [`events`]); the queue listens.
+    pub changes: watch::Receiver<ChangeStamp>,
+    changes_tx: Arc<watch::Sender<ChangeStamp>>,
+    /// Ends long-lived responses (the event stream) when the node stops.
+    pub shutdown: CancellationToken,
+    pub images: Arc<images::ImageCache>,
+    /// SHA-256 of the TLS certificate in use, shown on the status page.
+    pub tls_fingerprint: Option<String>,
 }
 
 impl AppState {
     pub fn new(cfg: Arc<Config>, store: Store, ingestor: Ingestor, metrics: Metrics) -> Self {
         let permits = cfg.max_concurrent_uploads;
+        let (tx, rx) = watch::channel(ChangeStamp::default());
         AppState {
+            auth: Arc::new(auth::AuthState::new(&cfg.web)),
             cfg,
             store,
             ingestor,
             metrics,
             upload_permits: Arc::new(Semaphore::new(permits)),
+            changes: rx,
+            changes_tx: Arc::new(tx),
+            shutdown: CancellationToken::new(),
+            images: Arc::new(images::ImageCache::new()),
+            tls_fingerprint: None,
         }
+    }
+
+    /// Whether the UI is served over HTTPS (cookies are then marked `Secure`).
+    pub fn tls_on(&self) -> bool {
+        self.cfg.web.tls.is_some()
     }
 }
 
@@ -53,9 +97,28 @@ pub fn router(state: AppState) -> Router {
     let upload_limit = (state.cfg.ingest.limits.max_file_bytes * 2 + 2 * 1024 * 1024)
         .min(usize::MAX as u64) as usize;
     let timeout = state.cfg.request_timeout;
+    let authn = axum::middleware::from_fn_with_state(state.clone(), auth::layer);
+    let sse = Router::new().route("/api/v1/events", get(events::sse));
     Router::new()
         .route("/", get(pages::index))
-        .route("/scans/{id}", get(pages::scan))
+        .route("/queue/rows", get(pages::queue_rows))
+        .route("/scans/{id}", get(scan_page::scan))
+        .route("/scans/{id}/transit", get(scan_page::transit))
+        .route("/scans/{id}/decision", post(decide::form))
+        .route("/status", get(status::page))
+        .route("/audit", get(status::audit_page))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route(
+            "/account",
+            get(admin::account_page).post(admin::account_password),
+        )
+        .route(
+            "/admin/users",
+            get(admin::users_page).post(admin::users_action),
+        )
+        .route("/static/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .route(
@@ -67,15 +130,122 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans/{id}", get(api::get_scan))
         .route("/api/v1/scans/{id}/image.png", get(api::scan_image))
         .route("/api/v1/scans/{id}/image16.png", get(api::scan_image16))
+        .route("/api/v1/scans/{id}/samples", get(images::samples))
+        .route(
+            "/api/v1/scans/{id}/transit/entry.png",
+            get(images::transit_entry),
+        )
+        .route("/api/v1/scans/{id}/decisions", post(decide::api))
         .route("/api/v1/rejects", get(api::list_rejects))
+        .route("/api/v1/status", get(status::api))
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        // The event stream lives as long as the page: outside the request timeout.
+        .merge(sse)
+        .layer(authn)
+        .layer(axum::middleware::map_response(security_headers))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
+/// Headers on every response: no framing, no sniffing, scripts and styles only from the
+/// node itself (the pages have no inline script), HSTS under TLS is added by the server.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; \
+             connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    r
+}
+
+async fn hsts(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    r
+}
+
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot set up the listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Serves `state`'s router on `listener` (HTTPS when `[web]` asks for TLS) until `token`
+/// is cancelled, and runs the change watcher that feeds the queue's live updates. Both
+/// tasks are tracked by `tracker`.
+pub async fn spawn_server(
+    listener: TcpListener,
+    mut state: AppState,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<(), WebError> {
+    state.shutdown = token.clone();
+    let cfg = state.cfg.clone();
+    let tls = tokio::task::spawn_blocking(move || tls::load(&cfg))
+        .await
+        .map_err(|e| WebError::Listener(std::io::Error::other(e.to_string())))??;
+    if let Some(t) = &tls {
+        state.tls_fingerprint = Some(t.fingerprint.clone());
+        tracing::info!(cert = %t.cert_path.display(), sha256 = %t.fingerprint, self_signed = t.self_signed, "serving HTTPS");
+    } else if !state.cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %state.cfg.listen, "serving plain HTTP on a network address (web.tls = false): passwords and session cookies cross the network in clear");
+    }
+    tracker.spawn(events::watch(
+        state.store.clone(),
+        state.changes_tx.clone(),
+        token.clone(),
+    ));
+    let app = router(state);
+    let stop = token.clone().cancelled_owned();
+    match tls {
+        None => {
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop);
+            tracker.spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "web server failed");
+                }
+            });
+        }
+        Some(t) => {
+            let app = app.layer(axum::middleware::map_response(hsts));
+            let l = tls::TlsListener::new(listener, t.config, tracker, token.clone())
+                .map_err(WebError::Listener)?
+                .tap_io(|_| ());
+            let serve = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stop);
+            tracker.spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "web server failed");
+                }
+            });
+        }
+    }
+    Ok(())
+}

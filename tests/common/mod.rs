@@ -56,8 +56,16 @@ pub struct TestNode {
     pub base: String,
     pub hot: PathBuf,
     pub data: PathBuf,
+    /// Sends the admin's API token with every request (the API needs a login).
     pub client: reqwest::Client,
+    /// A client with no credentials, to check what anonymous callers get.
+    pub anon: reqwest::Client,
+    /// The admin account every test node has: (name, password, API token).
+    pub admin: (String, String, String),
 }
+
+pub const TEST_ADMIN: &str = "tester";
+pub const TEST_PASSWORD: &str = "test-password-1";
 
 impl TestNode {
     pub async fn start(dir: &Path) -> TestNode {
@@ -66,18 +74,52 @@ impl TestNode {
 
     pub async fn start_with(cfg: Config) -> TestNode {
         let (hot, data) = (cfg.hot_folder.clone(), cfg.data_dir.clone());
+        let scheme = if cfg.web.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let node = riac_node::start(cfg, CancellationToken::new())
             .await
             .unwrap();
+        use riac_node::web::accounts;
+        // A restarted node on the same data dir already has the account.
+        match accounts::create_user(
+            &node.store,
+            "cli",
+            TEST_ADMIN,
+            riac_node::store::users::Role::Admin,
+            TEST_PASSWORD,
+        )
+        .await
+        {
+            Ok(_) | Err(accounts::AccountError::Exists(_)) => {}
+            Err(e) => panic!("creating the test admin: {e}"),
+        }
+        let token = accounts::create_token(&node.store, "cli", TEST_ADMIN, "tests")
+            .await
+            .unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
         TestNode {
-            base: format!("http://{}", node.addr),
+            base: format!("{scheme}://{}", node.addr),
             node: Some(node),
             hot,
             data,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
+            anon: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            admin: (TEST_ADMIN.into(), TEST_PASSWORD.into(), token),
         }
     }
 
@@ -377,4 +419,114 @@ pub fn dicom_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// Creates a scanner account with the real CLI (password on stdin) on the node whose data
+/// dir is `data`, then an API token for it; returns the token.
+pub fn cli_scanner_token(data: &Path) -> String {
+    use std::io::Write;
+    let mut add = Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .args(["user", "add", "scanner1", "--role", "scanner", "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"scanner-password-1\n")
+        .unwrap();
+    let out = add.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .args(["user", "token", "scanner1", "--label", "test", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "user token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("riac_"), "{token}");
+    token
+}
+
+fn set_cookie_value(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    h.get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Logs in through the login form as a browser does (login cookie and form token, then the
+/// session cookie) and returns headers carrying the session: `Cookie`, and the session's
+/// CSRF token as `X-CSRF-Token` for state-changing requests.
+pub async fn login(base: &str, user: &str, password: &str) -> reqwest::header::HeaderMap {
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = c.get(format!("{base}/login")).send().await.unwrap();
+    let login_cookie = set_cookie_value(page.headers(), "riac_login").expect("login cookie");
+    let r = c
+        .post(format!("{base}/login"))
+        .header("cookie", format!("riac_login={login_cookie}"))
+        .form(&[
+            ("username", user),
+            ("password", password),
+            ("csrf", &login_cookie),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "login as {user} failed");
+    let session = set_cookie_value(r.headers(), "riac_session").expect("session cookie");
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::COOKIE,
+        format!("riac_session={session}").parse().unwrap(),
+    );
+    let page = c
+        .get(format!("{base}/account"))
+        .headers(h.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf meta tag")
+        .to_string();
+    h.insert("x-csrf-token", csrf.parse().unwrap());
+    h
+}
+
+/// [`login`] for tests without a runtime.
+pub fn login_blocking(base: &str, user: &str, password: &str) -> reqwest::header::HeaderMap {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(login(base, user, password))
 }
