@@ -155,6 +155,16 @@ enum UserWhat {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// What showing a 16-bit scan costs: server encoding and, with Chromium, the viewer.
+    Viewer {
+        #[arg(long, default_value_t = 4000)]
+        width: u32,
+        #[arg(long, default_value_t = 1400)]
+        height: u32,
+        /// Chromium binary for the client-side figures (default: Debian's).
+        #[arg(long)]
+        browser: Option<PathBuf>,
+    },
     /// Decode + validate + store throughput of 16-bit TIFF scans.
     Ingest {
         #[arg(long, default_value_t = 40)]
@@ -275,6 +285,15 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench { what } => match what {
+            BenchWhat::Viewer {
+                width,
+                height,
+                browser,
+            } => {
+                let r = riac_node::web::bench::viewer(width, height, browser).await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
             BenchWhat::Ingest {
                 count,
                 width,

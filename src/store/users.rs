@@ -11,7 +11,7 @@ use super::{now_rfc3339, Result};
 
 /// What an account may do. The order of the first three is a hierarchy (a supervisor may do
 /// all an operator may); `Scanner` is a machine account that may only upload scans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Scanner,

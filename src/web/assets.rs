@@ -50,6 +50,11 @@ fn hashes() -> &'static Vec<String> {
     })
 }
 
+/// An asset's text (the viewer benchmark serves the real files).
+pub fn body(name: &str) -> Option<&'static str> {
+    ASSETS.iter().find(|a| a.name == name).map(|a| a.body)
+}
+
 /// The versioned URL of an asset, for pages to link.
 pub fn url(name: &str) -> String {
     match ASSETS.iter().position(|a| a.name == name) {

@@ -11,6 +11,7 @@ mod admin;
 mod api;
 mod assets;
 pub mod auth;
+pub mod bench;
 mod decide;
 mod error;
 mod events;

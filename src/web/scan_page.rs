@@ -369,7 +369,7 @@ fn history(l: &Loaded) -> Markup {
                             td { (when(s(v, "/decided_at").unwrap_or(""))) }
                             td.by { (s(v, "/decided_by").unwrap_or("?")) }
                             td { (outcome_badge(s(v, "/outcome"))) }
-                            td.note { (s(v, "/note").unwrap_or("")) }
+                            td.vnote { (s(v, "/note").unwrap_or("")) }
                             td.mono.muted { (s(v, "/supersedes").map(|x| x.get(..8).unwrap_or(x)).unwrap_or("—")) }
                         }
                     }
@@ -402,7 +402,9 @@ pub async fn scan(
     let body = html! {
         div.scan-head {
             h1 { span.mono { (l.scan.scan_id) } " " (outcome_badge(l.row.outcome.as_deref())) }
-            @if l.row.needs_review() { span.review-pill.big { "NEEDS REVIEW" } }
+            @if l.row.needs_review() {
+                span class=(format!("review-pill big o-{}", l.row.outcome.as_deref().unwrap_or(""))) { "NEEDS REVIEW" }
+            }
             @if let Some(by) = l.row.decided_by.as_deref().filter(|b| *b != "auto") { span.muted { "decided by " strong { (by) } } }
             nav.scan-nav {
                 @if let Some(n) = &l.newer { a #nav-newer href=(format!("/scans/{n}{nav_q}")) title="newer scan (k)" { "← newer" } }
@@ -571,7 +573,7 @@ pub async fn transit(
                         button type="button" data-mode="swipe" title="key 4" { "Swipe" }
                     }
                     label { input #boxes type="checkbox" checked; " Boxes " kbd { "b" } }
-                    label.range { "Heatmap" input #heat-opacity type="range" min="0" max="100" value="55"; }
+                    label.range.heat-only { "Heatmap" input #heat-opacity type="range" min="0" max="100" value="55"; }
                     label.range.swipe-only { "Swipe" input #swipe type="range" min="0" max="100" value="50"; }
                     span #transit-note.muted {}
                 }

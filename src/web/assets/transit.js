@@ -28,6 +28,9 @@
       m.className = "msg " + cls;
       m.textContent = missing;
       img.replaceWith(m);
+      // The stand-in takes the layer's place in every mode (clipped in swipe, and so on).
+      setHeat();
+      setSwipe();
     }, { once: true });
     img.addEventListener("load", () => {
       if (!frame && cls === "entry") { frame = [img.naturalWidth, img.naturalHeight]; layout(); }
@@ -98,6 +101,7 @@
     stage.innerHTML = "";
     stage.dataset.mode = m;
     section.classList.toggle("swipe", m === "swipe");
+    section.classList.toggle("overlay", m === "overlay");
     document.querySelectorAll("[data-mode]").forEach((b) => {
       if (b.tagName === "BUTTON") b.setAttribute("aria-pressed", String(b.dataset.mode === m));
     });
@@ -108,13 +112,12 @@
       const heat = heatImg();
       stage.append(tframe("Exit (aligned) with the difference heatmap", [alignedImg(), heat]));
     } else if (m === "flicker") {
-      const e = entryImg(), a = alignedImg();
-      stage.append(tframe("Flicker: entry ⇄ exit (space pauses)", [e, a]));
+      stage.append(tframe("Flicker: entry ⇄ exit (space pauses)", [entryImg(), alignedImg()]));
       let showExit = false;
       const tick = () => {
         if (flickPaused) return;
         showExit = !showExit;
-        a.style.visibility = showExit ? "visible" : "hidden";
+        stage.querySelectorAll(".aligned").forEach((a) => { a.style.visibility = showExit ? "visible" : "hidden"; });
         note.textContent = showExit ? "showing: EXIT (aligned)" : "showing: ENTRY";
       };
       tick();

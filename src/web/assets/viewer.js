@@ -330,13 +330,16 @@
       return;
     }
     const buf = await r.arrayBuffer();
+    const td = performance.now();
     try { samples = decode(buf); } catch (e) { status.textContent = "Cannot read the image: " + e.message; return; }
+    api.decodeMs = performance.now() - td;
     hist = new Uint32Array(65536);
     for (let i = 0; i < samples.length; i++) hist[samples[i]]++;
     air = Math.max(1, percentile(0.995));
     image = offCtx.createImageData(W, H);
     out32 = new Uint32Array(image.data.buffer);
     const loadMs = performance.now() - t0;
+    api.loadMs = loadMs;
     const saved = restore();
     if (saved) {
       st.invert = !!saved.invert; invIn.checked = st.invert;
@@ -354,5 +357,7 @@
   }
   api.setWindow = setWindow;
   api.preset = preset;
+  api.apply = apply;
+  api.draw = draw;
   load();
 })();
