@@ -499,6 +499,12 @@ async fn post_drop(
         .await
         .with_context(|| format!("posting to {url}"))?;
     let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        bail!(
+            "{url} answered {status}: uploads need the API token of a scanner or admin account; \
+             give --token or RIAC_API_TOKEN (make one with `riac-node user token NAME`)"
+        );
+    }
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
         bail!("{url} answered {status} for {}: {body}", d.scan_id);

@@ -259,7 +259,9 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
     let entry_id = pair.entry.scan_id.clone();
     store
         .write(move |t| {
-            use riac_node::scan::verdict::{ChangedRegion, TransitResult, TransitStatus};
+            use riac_node::scan::verdict::{
+                ChangedRegion, ManifestMatch, ManifestStatus, TransitResult, TransitStatus,
+            };
             let mut v = riac_node::store::verdicts::current_for_scan(t, &exit_id)?.unwrap();
             v.supersedes = Some(v.verdict_id.clone());
             v.verdict_id = uuid::Uuid::now_v7().to_string();
@@ -277,6 +279,25 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
                 }],
                 reason: Some("test data: one region changed".into()),
             });
+            v.manifest.status = ManifestStatus::Inconsistent;
+            v.manifest.top_matches = vec![
+                ManifestMatch {
+                    hs_code: "2402.20".into(),
+                    score: 0.91,
+                    reference_id: Some("ref-cigarettes-01".into()),
+                },
+                ManifestMatch {
+                    hs_code: v
+                        .manifest
+                        .declared_hs_codes
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "8703.23".into()),
+                    score: 0.42,
+                    reference_id: None,
+                },
+            ];
+            v.manifest.reason = Some("test data: the image looks like undeclared goods".into());
             riac_node::store::verdicts::insert_with_outbox(t, v, "riac/v1/KHI/test-node/verdicts")
         })
         .await
@@ -302,6 +323,28 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
     )
     .await;
     b.screenshot(&shots, "08-transit-swipe.png").await;
+    // Its manifest view: declared goods against the nearest references; the reference
+    // thumbnails come from the matching module's library, absent in this build.
+    b.goto(&format!("{base}/scans/{}#manifest", pair.exit.scan_id))
+        .await;
+    b.wait_true(
+        "return document.querySelectorAll('#manifest figure.ref').length === 2 && \
+         document.querySelectorAll('#manifest .ref-thumb.none').length === 2",
+        Duration::from_secs(20),
+        "two reference matches, without thumbnails on this node",
+    )
+    .await;
+    let manifest = b.text(&b.find("#manifest").await.unwrap()).await;
+    assert!(
+        manifest.contains("2402.20") && manifest.contains("not declared"),
+        "{manifest}"
+    );
+    b.exec(
+        "document.getElementById('manifest').scrollIntoView()",
+        json!([]),
+    )
+    .await;
+    b.screenshot(&shots, "08b-manifest.png").await;
 
     // Record a decision on the single scan, with a note.
     b.goto(&format!("{base}/scans/{}", single.scan_id)).await;
@@ -342,6 +385,16 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
         .await;
     assert_eq!(still, json!(false));
     b.screenshot(&shots, "11-queue-after.png").await;
+
+    // The status page, as an operator sees it; the uplink is not in this build.
+    b.goto(&format!("{base}/status")).await;
+    let absent = b.wait_for("#uplink-absent", Duration::from_secs(20)).await;
+    assert!(b.text(&absent).await.contains("no MQTT uplink"));
+    let depth = b.text(&b.find("#outbox-depth").await.unwrap()).await;
+    assert!(depth.starts_with("6 "), "{depth}");
+    b.screenshot(&shots, "12-status.png").await;
+    // An operator has no user administration.
+    assert!(b.find("a[href='/admin/users']").await.is_none());
     b.close().await;
 
     // The decision is a verdict in the chain and in the outbox, and in the audit trail.
