@@ -236,7 +236,18 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
         )
         .await;
     println!("viewer: window applied in {apply_ms} ms (test-size scan)");
-    b.screenshot(&shots, "05-viewer-palette-readout.png").await;
+    // A profile: `p`, then drag a line across the image.
+    b.keys("p").await;
+    b.drag(&stage, (-200, 0), (200, 5)).await;
+    b.wait_true(
+        "return !document.getElementById('profile').hidden",
+        Duration::from_secs(5),
+        "the attenuation profile",
+    )
+    .await;
+    b.screenshot(&shots, "05-viewer-palette-readout-profile.png")
+        .await;
+    b.keys("p").await;
 
     // The transit view of the exit scan: on this branch no transit result exists, and the
     // view says so plainly.

@@ -95,10 +95,65 @@ pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
 pub const SAMPLES_GZIP_LEVEL: u32 = 1;
 
 /// Rendered images and sample payloads, least recently used out first, bounded by bytes.
+/// Two of them: small renderings (thumbnails, transit layers) and the viewer's payloads
+/// (megabytes each), so that opening a dozen scans never evicts the queue's thumbnails.
 pub struct ImageCache {
     inner: Mutex<CacheInner>,
-    /// Decodes of whole scans at once (each holds a full image in memory).
-    pub work: Semaphore,
+    budget: usize,
+}
+
+/// Decodes of whole scans at once, across both caches (each holds a full image).
+pub struct ImageWork {
+    pub renders: ImageCache,
+    pub samples: ImageCache,
+    permits: Semaphore,
+}
+
+impl Default for ImageWork {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ImageWork {
+    pub fn new() -> Self {
+        ImageWork {
+            renders: ImageCache::new(32 * 1024 * 1024),
+            samples: ImageCache::new(64 * 1024 * 1024),
+            permits: Semaphore::new(2),
+        }
+    }
+
+    /// The value cached under `key` in `cache`, or `make` run off the runtime (at most
+    /// two at once), then cached.
+    pub async fn get_or_make<F>(
+        &self,
+        cache: &ImageCache,
+        key: String,
+        make: F,
+    ) -> Result<Bytes, AppError>
+    where
+        F: FnOnce() -> Result<Vec<u8>, AppError> + Send + 'static,
+    {
+        if let Some(v) = cache.get(&key) {
+            return Ok(v);
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AppError::Unavailable("the node is shutting down".into()))?;
+        if let Some(v) = cache.get(&key) {
+            return Ok(v);
+        }
+        let v = Bytes::from(
+            tokio::task::spawn_blocking(make)
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))??,
+        );
+        cache.put(key, v.clone());
+        Ok(v)
+    }
 }
 
 struct CacheInner {
@@ -107,23 +162,15 @@ struct CacheInner {
     bytes: usize,
 }
 
-const CACHE_BYTES: usize = 96 * 1024 * 1024;
-
-impl Default for ImageCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ImageCache {
-    pub fn new() -> Self {
+    pub fn new(budget: usize) -> Self {
         ImageCache {
             inner: Mutex::new(CacheInner {
                 map: HashMap::new(),
                 order: VecDeque::new(),
                 bytes: 0,
             }),
-            work: Semaphore::new(2),
+            budget,
         }
     }
 
@@ -138,7 +185,7 @@ impl ImageCache {
     }
 
     pub fn put(&self, key: String, v: Bytes) {
-        if v.len() > CACHE_BYTES / 4 {
+        if v.len() > self.budget / 4 {
             return;
         }
         let mut c = self.inner.lock().expect("cache lock");
@@ -150,37 +197,12 @@ impl ImageCache {
         }
         c.bytes += v.len();
         c.order.push_back(key);
-        while c.bytes > CACHE_BYTES {
+        while c.bytes > self.budget {
             let Some(k) = c.order.pop_front() else { break };
             if let Some(old) = c.map.remove(&k) {
                 c.bytes -= old.len();
             }
         }
-    }
-
-    /// The cached value for `key`, or `make` run off the runtime (at most two at once).
-    pub async fn get_or_make<F>(&self, key: String, make: F) -> Result<Bytes, AppError>
-    where
-        F: FnOnce() -> Result<Vec<u8>, AppError> + Send + 'static,
-    {
-        if let Some(v) = self.get(&key) {
-            return Ok(v);
-        }
-        let _permit = self
-            .work
-            .acquire()
-            .await
-            .map_err(|_| AppError::Unavailable("the node is shutting down".into()))?;
-        if let Some(v) = self.get(&key) {
-            return Ok(v);
-        }
-        let v = Bytes::from(
-            tokio::task::spawn_blocking(make)
-                .await
-                .map_err(|e| AppError::Internal(e.to_string()))??,
-        );
-        self.put(key, v.clone());
-        Ok(v)
     }
 }
 
@@ -205,7 +227,7 @@ pub async fn render_cached(
         window.center, window.width, window.invert
     );
     st.images
-        .get_or_make(key, move || {
+        .get_or_make(&st.images.renders, key, move || {
             let img = read_png16(&path)?;
             let img = imaging::fit_width(&img, max_width);
             imaging::encode_png8(&imaging::window_level(&img, window))
@@ -261,7 +283,7 @@ pub async fn samples(
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
     let gz = st
         .images
-        .get_or_make(format!("samples:{id}"), move || {
+        .get_or_make(&st.images.samples, format!("samples:{id}"), move || {
             let img = read_png16(&path)?;
             Ok(gzip(&encode_samples(&img), SAMPLES_GZIP_LEVEL))
         })
@@ -334,7 +356,22 @@ pub async fn transit_entry(
         .await?;
     let path = match (local, package) {
         (Some(s), _) => st.cfg.data_dir.join(s.image_dir).join(CANONICAL_IMAGE),
-        (None, Some(p)) => st.cfg.data_dir.join(p.image_path),
+        (None, Some(p)) => {
+            // The path was written by this node's uplink, but the package came from another
+            // node: never follow it out of the data dir.
+            let rel = std::path::Path::new(&p.image_path);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(AppError::Internal(format!(
+                    "entry package {entry_id} names an image outside the data dir: {}",
+                    p.image_path
+                )));
+            }
+            st.cfg.data_dir.join(rel)
+        }
         (None, None) => {
             return Err(AppError::NotFound(format!(
                 "entry scan {entry_id} is not on this node (neither scanned here nor received as an entry package)"
@@ -363,13 +400,19 @@ mod tests {
 
     #[test]
     fn cache_evicts_oldest_beyond_its_budget() {
-        let c = ImageCache::new();
-        let big = Bytes::from(vec![0u8; CACHE_BYTES / 5]);
+        let budget = 1000;
+        let c = ImageCache::new(budget);
+        let big = Bytes::from(vec![0u8; budget / 5]);
         for i in 0..6 {
             c.put(format!("k{i}"), big.clone());
         }
         assert!(c.get("k0").is_none(), "oldest evicted");
         assert!(c.get("k5").is_some());
-        assert!(c.inner.lock().unwrap().bytes <= CACHE_BYTES);
+        assert!(c.inner.lock().unwrap().bytes <= budget);
+        c.put("huge".into(), Bytes::from(vec![0u8; budget / 2]));
+        assert!(
+            c.get("huge").is_none(),
+            "a value over a quarter of the budget is not kept"
+        );
     }
 }

@@ -63,7 +63,7 @@ pub struct AppState {
     changes_tx: Arc<watch::Sender<ChangeStamp>>,
     /// Ends long-lived responses (the event stream) when the node stops.
     pub shutdown: CancellationToken,
-    pub images: Arc<images::ImageCache>,
+    pub images: Arc<images::ImageWork>,
     /// SHA-256 of the TLS certificate in use, shown on the status page.
     pub tls_fingerprint: Option<String>,
 }
@@ -82,7 +82,7 @@ impl AppState {
             changes: rx,
             changes_tx: Arc::new(tx),
             shutdown: CancellationToken::new(),
-            images: Arc::new(images::ImageCache::new()),
+            images: Arc::new(images::ImageWork::new()),
             tls_fingerprint: None,
         }
     }

@@ -277,6 +277,25 @@ impl Browser {
         .await;
     }
 
+    /// Presses the left button at `from` and releases it at `to` (offsets from the
+    /// element's centre), moving in between.
+    pub async fn drag(&self, e: &Element, from: (i64, i64), to: (i64, i64)) {
+        let origin = json!({ELEMENT: e.0});
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "duration": 0, "origin": origin, "x": from.0, "y": from.1},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerMove", "duration": 150, "origin": origin, "x": to.0, "y": to.1},
+                    {"type": "pointerUp", "button": 0},
+                ]}]})),
+        )
+        .await;
+        self.call(reqwest::Method::DELETE, "/actions", None).await;
+    }
+
     /// Saves a PNG of the viewport to `dir/name`.
     pub async fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
         use base64::Engine;
