@@ -429,3 +429,96 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
         .unwrap();
     assert!(trail.iter().any(|e| e.action == "login"));
 }
+
+fn user_cli(data: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .arg("user")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_user_command_manages_accounts_and_keeps_the_database_the_services() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // As root (CI), on a data dir owned by another user: the files stay that user's.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+        let mut p = std::fs::metadata(dir.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
+        std::fs::set_permissions(dir.path(), p).unwrap();
+    }
+    let (ok, out, err) = user_cli(
+        &data,
+        &["add", "Alice", "--role", "supervisor"],
+        "night-owl-secret\n",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("created alice (supervisor)"), "{out}");
+    if as_root {
+        for f in std::fs::read_dir(&data).unwrap() {
+            let f = f.unwrap();
+            assert_eq!(
+                f.metadata().unwrap().uid(),
+                65534,
+                "{:?} is owned by root",
+                f.path()
+            );
+        }
+    }
+    let (ok, _, err) = user_cli(&data, &["add", "bob"], "short\n");
+    assert!(!ok && err.contains("at least 10 characters"), "{err}");
+    let (ok, _, err) = user_cli(&data, &["add", "alice"], "another-long-one\n");
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, out, err) = user_cli(&data, &["passwd", "alice"], "a-new-long-secret\n");
+    assert!(ok && out.contains("password of alice changed"), "{err}");
+    let (ok, _, err) = user_cli(&data, &["disable", "alice"], "");
+    assert!(ok, "{err}");
+    let (ok, out, _) = user_cli(&data, &["list"], "");
+    assert!(
+        ok && out.contains("alice") && out.contains("disabled"),
+        "{out}"
+    );
+    let (ok, _, err) = user_cli(&data, &["role", "alice", "king"], "");
+    assert!(
+        !ok && err.contains("operator, supervisor, admin, scanner"),
+        "{err}"
+    );
+    // A wrong --data-dir is named, not silently given a fresh database.
+    let (ok, _, err) = user_cli(&dir.path().join("nope"), &["list"], "");
+    assert!(
+        !ok && err.contains("no database at") && err.contains("--data-dir"),
+        "{err}"
+    );
+    // The trail of it all, by the CLI.
+    let db = open_db(&data);
+    let actions: Vec<String> = db
+        .prepare("SELECT action FROM audit WHERE actor = 'cli' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        actions,
+        ["user.created", "user.password_changed", "user.disabled"]
+    );
+}

@@ -388,9 +388,39 @@ pub enum UserCommand {
     List,
 }
 
+/// Run as root on a data dir owned by the service user, act as that user: SQLite creates
+/// its `-wal` and `-shm` files with the opener's owner, and root-owned ones would lock the
+/// node out of its own database.
+fn act_as_data_dir_owner(data_dir: &Path) -> Result<(), AccountError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain credential calls; glibc applies them to every thread of the process.
+    let ok = unsafe { libc::setegid(meta.gid()) == 0 && libc::seteuid(meta.uid()) == 0 };
+    if !ok {
+        return Err(AccountError::Input(std::io::Error::last_os_error()));
+    }
+    eprintln!(
+        "(acting as uid {} gid {}, the owner of {})",
+        meta.uid(),
+        meta.gid(),
+        data_dir.display()
+    );
+    Ok(())
+}
+
 /// Runs a `riac-node user` command on the database in `data_dir` (the node may be running:
 /// SQLite serialises the two processes' writes). Returns what to print.
 pub async fn cli(data_dir: &Path, cmd: UserCommand) -> Result<String, AccountError> {
+    act_as_data_dir_owner(data_dir)?;
     let db = data_dir.join("riac-node.db");
     if !matches!(cmd, UserCommand::Add { .. }) && !db.is_file() {
         return Err(AccountError::NoDatabase(db.display().to_string()));
