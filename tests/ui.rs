@@ -270,45 +270,40 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
     let entry_id = pair.entry.scan_id.clone();
     store
         .write(move |t| {
-            use riac_node::scan::verdict::{
-                ChangedRegion, ManifestMatch, ManifestStatus, TransitResult, TransitStatus,
-            };
+            // Built from JSON, as the contract is written: fields the checks add later
+            // (with serde defaults) do not break this test.
             let mut v = riac_node::store::verdicts::current_for_scan(t, &exit_id)?.unwrap();
             v.supersedes = Some(v.verdict_id.clone());
             v.verdict_id = uuid::Uuid::now_v7().to_string();
-            v.transit = Some(TransitResult {
-                status: TransitStatus::Changed,
-                entry_scan_id: Some(entry_id),
-                change_score: Some(0.81),
-                regions: vec![ChangedRegion {
-                    x0: ew * 3 / 10,
-                    y0: eh * 3 / 10,
-                    x1: ew * 45 / 100,
-                    y1: eh * 7 / 10,
-                    area_m2: Some(2.4),
-                    score: 0.77,
-                }],
-                reason: Some("test data: one region changed".into()),
-            });
-            v.manifest.status = ManifestStatus::Inconsistent;
-            v.manifest.top_matches = vec![
-                ManifestMatch {
-                    hs_code: "2402.20".into(),
-                    score: 0.91,
-                    reference_id: Some("ref-cigarettes-01".into()),
-                },
-                ManifestMatch {
-                    hs_code: v
-                        .manifest
-                        .declared_hs_codes
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "8703.23".into()),
-                    score: 0.42,
-                    reference_id: None,
-                },
-            ];
-            v.manifest.reason = Some("test data: the image looks like undeclared goods".into());
+            v.transit = Some(
+                serde_json::from_value(json!({
+                    "status": "changed",
+                    "entry_scan_id": entry_id,
+                    "change_score": 0.81,
+                    "regions": [{
+                        "x0": ew * 3 / 10, "y0": eh * 3 / 10, "x1": ew * 45 / 100, "y1": eh * 7 / 10,
+                        "area_m2": 2.4, "score": 0.77,
+                    }],
+                    "reason": "test data: one region changed",
+                }))
+                .unwrap(),
+            );
+            let declared = v
+                .manifest
+                .declared_hs_codes
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "8703.23".into());
+            v.manifest = serde_json::from_value(json!({
+                "status": "inconsistent",
+                "declared_hs_codes": v.manifest.declared_hs_codes,
+                "top_matches": [
+                    {"hs_code": "2402.20", "score": 0.91, "reference_id": "ref-cigarettes-01"},
+                    {"hs_code": declared, "score": 0.42},
+                ],
+                "reason": "test data: the image looks like undeclared goods",
+            }))
+            .unwrap();
             riac_node::store::verdicts::insert_with_outbox(t, v, "riac/v1/KHI/test-node/verdicts")
         })
         .await
