@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub uplink: crate::uplink::config::RawUplink,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +119,8 @@ pub struct Overrides {
     pub hot_folder: Option<PathBuf>,
     pub listen: Option<String>,
     pub log_format: Option<String>,
+    /// `--broker` / `RIAC_BROKER`: the central RIAC's MQTT broker, over `uplink.broker`.
+    pub broker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +142,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_deadline: Duration,
+    pub uplink: crate::uplink::config::UplinkConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -346,7 +351,16 @@ impl Config {
             ));
         }
 
+        let uplink = crate::uplink::config::validate(
+            raw.uplink,
+            ov.broker.clone(),
+            &data_dir,
+            &node_id,
+            &site_id,
+        )?;
+
         Ok(Config {
+            uplink,
             node_id,
             site_id,
             data_dir,

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Uploads hold whole images in memory: past this many at once, answer 503.
     pub upload_permits: Arc<Semaphore>,
+    /// The MQTT uplink's status (`GET /api/v1/uplink`); `disabled()` until the node sets it.
+    pub uplink: crate::uplink::UplinkHandle,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             ingestor,
             metrics,
             upload_permits: Arc::new(Semaphore::new(permits)),
+            uplink: crate::uplink::UplinkHandle::disabled(),
         }
     }
 }
@@ -68,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans/{id}/image.png", get(api::scan_image))
         .route("/api/v1/scans/{id}/image16.png", get(api::scan_image16))
         .route("/api/v1/rejects", get(api::list_rejects))
+        // uplink (MQTT) status for the UI's status page
+        .route("/api/v1/uplink", get(crate::uplink::api::status))
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
