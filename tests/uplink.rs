@@ -94,7 +94,20 @@ impl Sub {
     /// Connects (persistent session when `!clean`), subscribes to `filters` at QoS 1 and
     /// returns once the broker has acknowledged the subscription.
     async fn start(port: u16, id: &str, filters: &[&str], clean: bool) -> Sub {
+        Sub::start_as(port, id, None, filters, clean).await
+    }
+
+    async fn start_as(
+        port: u16,
+        id: &str,
+        login: Option<(&str, &str)>,
+        filters: &[&str],
+        clean: bool,
+    ) -> Sub {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
         o.set_keep_alive(Duration::from_secs(5))
             .set_clean_session(clean)
             .set_max_packet_size(64 << 20, 64 << 20);
@@ -129,7 +142,10 @@ impl Sub {
                                 .push((p.topic.clone(), p.payload.to_vec()));
                         }
                         Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(e) => {
+                            eprintln!("test subscriber: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
                     }
                 }
             });
@@ -380,7 +396,10 @@ fn kill_9_in_the_middle_of_a_drain_loses_no_verdict() {
     let sub = rt.block_on(Sub::start(
         broker.plain_port,
         "centre-k9",
-        &["riac/v1/KHI/test-daemon/verdicts"],
+        &[
+            "riac/v1/KHI/test-daemon/verdicts",
+            "riac/v1/KHI/test-daemon/status",
+        ],
         false,
     ));
 
@@ -406,6 +425,32 @@ fn kill_9_in_the_middle_of_a_drain_loses_no_verdict() {
         || distinct(&seqs(&sub)) >= 100,
     ));
     daemon.kill9();
+    // The broker tells the centre with the node's last will.
+    let start = Instant::now();
+    while !sub
+        .json_on("/status")
+        .last()
+        .is_some_and(|v| v["state"] == "offline" && v["reason"] == "connection lost")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no LWT; status messages: {:?}, topics {:?}\ndaemon log: {:?}\nbroker log: {}",
+            sub.json_on("/status"),
+            sub.msgs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<std::collections::BTreeSet<_>>(),
+            daemon
+                .stderr_lines
+                .try_iter()
+                .filter(|l| !l.contains("scan"))
+                .collect::<Vec<_>>(),
+            std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let left_at_kill = db_counts(&open_db(&cfg.data_dir)).2;
     assert!(
         left_at_kill > 0 && (left_at_kill as usize) < N,
@@ -762,6 +807,26 @@ async fn keys_and_verify_chain_on_the_command_line() {
         .collect();
     assert_eq!(kinds, vec!["bad_signature"], "{out}");
 
+    // No key file on a node that has signed verdicts: refuse rather than make a new key.
+    let cfg_path = write_daemon_config(dir.path());
+    let moved = dir.path().join("node.key.bak");
+    std::fs::rename(&key_path, &moved).unwrap();
+    let (code, out) = cli(
+        &[
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    assert!(
+        code != 0 && out.contains("does not exist") && out.contains("keys init"),
+        "{out}"
+    );
+    std::fs::rename(&moved, &key_path).unwrap();
+
     // The node refuses a key file others may read, naming the file and the fix.
     std::fs::set_permissions(
         &key_path,
@@ -801,8 +866,8 @@ async fn keys_and_verify_chain_on_the_command_line() {
     );
 }
 
-/// rumqttd in-process, plain TCP on a free port. rumqttd has no shutdown: the broker
-/// thread ends with the test binary.
+/// rumqttd in-process, plain TCP on a free port, users `riac` / `s3cret` and `centre` /
+/// `c3ntre`. rumqttd has no shutdown: the broker thread ends with the test binary.
 fn rumqttd_broker() -> u16 {
     let port = free_port().unwrap();
     let cfg = format!(
@@ -823,6 +888,9 @@ next_connection_delay_ms = 1
     max_payload_size = 20971520
     max_inflight_count = 100
     dynamic_filters = true
+    [v4.1.connections.auth]
+    riac = "s3cret"
+    centre = "c3ntre"
 "#
     );
     let config: rumqttd::Config = toml::from_str(&cfg).unwrap();
@@ -847,9 +915,13 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let port = rumqttd_broker();
     let centre = NodeKey::generate(&dir.path().join("centre.key")).unwrap();
+    let password_file = dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
     let up = RawUplink {
         broker: Some(format!("mqtt://127.0.0.1:{port}")),
         allow_plain: Some(true),
+        username: Some("riac".into()),
+        password_file: Some(password_file),
         command_max_kb: Some(64),
         image_chunk_kb: Some(16),
         centre_public_key: Some(centre.public_hex()),
@@ -864,9 +936,10 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         handle.status().subscribed
     })
     .await;
-    let sub = Sub::start(
+    let sub = Sub::start_as(
         port,
         "centre-cmd",
+        Some(("centre", "c3ntre")),
         &[
             "riac/v1/KHI/KHI-N3/cmd-reply",
             "riac/v1/KHI/KHI-N3/image",
@@ -1130,5 +1203,122 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     let s = handle.status();
     assert_eq!(s.state, ConnState::Connected);
     assert!(s.commands.failed >= 9, "{s:?}");
+    node.stop().await;
+
+    // A wrong password: the node keeps running, says why, and keeps retrying.
+    let dir2 = dir.path().join("wrong");
+    let up = RawUplink {
+        broker: Some(format!("mqtt://127.0.0.1:{port}")),
+        allow_plain: Some(true),
+        username: Some("riac".into()),
+        password: Some("guess".into()),
+        reconnect_min_ms: Some(100),
+        reconnect_max_secs: Some(1),
+        ..Default::default()
+    };
+    let mut wrong = TestNode::start_with(node_config(&dir2, "KHI-N5", "KHI", up)).await;
+    let h = wrong.node.as_ref().unwrap().uplink.clone();
+    wait_for(Duration::from_secs(20), "refusal reported", || {
+        let s = h.status();
+        // rumqttd drops the connection without a CONNACK code (mosquitto would answer
+        // "not authorized", reported as refused and naming the credentials' keys).
+        s.state == ConnState::Disconnected
+            && s.last_error.is_some()
+            && s.last_connected_at.is_none()
+    })
+    .await;
+    let (code, _) = wrong.get_json("/healthz").await;
+    assert_eq!(code, 200);
+    wrong.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_entry_packages_wait_and_verdicts_are_still_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, pki) = broker(dir.path());
+    broker.stop();
+    let mut up = tls_uplink(&broker.tls_url(), &pki);
+    up.outbox_quota_mb = Some(1);
+    up.outbox_warn_percent = Some(50);
+    let cfg = node_config(dir.path(), "KHI-N4", "KHI", up);
+    // About 1.1 MB of signed verdicts waiting: over the 1 MB quota.
+    prefill(&cfg, 1400).await;
+    let mut node = TestNode::start_with(cfg).await;
+    std::fs::create_dir_all(&node.hot).unwrap();
+    let handle = node.node.as_ref().unwrap().uplink.clone();
+    wait_for(Duration::from_secs(20), "over_quota", || {
+        handle.status().outbox.alert == riac_node::uplink::status::QuotaAlert::OverQuota
+    })
+    .await;
+    let (_, api) = node.get_json("/api/v1/uplink").await;
+    assert_eq!(api["outbox"]["alert"], "over_quota", "{api}");
+    assert!(
+        api["outbox"]["used_fraction"].as_f64().unwrap() >= 1.0,
+        "{api}"
+    );
+    let metrics = node
+        .client
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("riac_uplink_outbox_alert 2"), "{metrics}");
+
+    // A transit entry still gets its verdict; its package waits for space.
+    let pair = sim(88).next_transit_pair();
+    pair.entry.write_to(&node.hot).unwrap();
+    let store = node.node.as_ref().unwrap().store.clone();
+    let id = pair.entry.scan_id.clone();
+    let state = |store: Store, id: String| async move {
+        store
+            .read(move |c| {
+                Ok(rusqlite::OptionalExtension::optional(c.query_row(
+                    "SELECT state FROM entry_outgoing WHERE scan_id = ?1",
+                    [id],
+                    |r| r.get::<_, String>(0),
+                ))?)
+            })
+            .await
+            .unwrap()
+    };
+    let start = Instant::now();
+    while state(store.clone(), id.clone()).await.as_deref() != Some("deferred") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "package not deferred"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let verdicts: i64 = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM outbox WHERE kind = 'verdict'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(verdicts, 1401, "every verdict is queued, quota or not");
+    let (_, api) = node.get_json("/api/v1/uplink").await;
+    assert_eq!(api["entry_packages"]["deferred"], 1, "{api}");
+
+    // The broker comes back, the backlog drains, the package goes out.
+    broker.restart().unwrap();
+    let start = Instant::now();
+    while state(store.clone(), id.clone()).await.as_deref() != Some("sent") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "deferred package never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(Duration::from_secs(20), "alert cleared", || {
+        handle.status().outbox.alert == riac_node::uplink::status::QuotaAlert::Ok
+    })
+    .await;
     node.stop().await;
 }

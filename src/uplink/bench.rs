@@ -265,7 +265,6 @@ pub struct UplinkReport {
     pub verdicts_per_second: f64,
     pub rss_before_drain_mib: f64,
     pub peak_rss_while_draining_mib: f64,
-    pub peak_rss_process_mib: f64,
     pub cpus: usize,
 }
 
@@ -376,7 +375,6 @@ pub async fn drain(
         verdicts_per_second: count as f64 / seconds,
         rss_before_drain_mib: rss_before,
         peak_rss_while_draining_mib: peak,
-        peak_rss_process_mib: crate::bench::peak_rss_mib(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }

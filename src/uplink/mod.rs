@@ -71,6 +71,7 @@ struct Shared {
     thresholds: RwLock<Option<mpsc::Sender<CommandCall>>>,
     model: RwLock<Option<serde_json::Value>>,
     embeddings: RwLock<Option<EmbeddingSource>>,
+    signer: Option<Arc<NodeKey>>,
     warn_fraction: f64,
 }
 
@@ -81,7 +82,7 @@ pub struct UplinkHandle {
 }
 
 impl UplinkHandle {
-    fn new(status: UplinkStatus, warn_fraction: f64) -> Self {
+    fn new(status: UplinkStatus, warn_fraction: f64, signer: Option<Arc<NodeKey>>) -> Self {
         let (entries_tx, _) = broadcast::channel(1024);
         UplinkHandle {
             inner: Arc::new(Shared {
@@ -92,14 +93,35 @@ impl UplinkHandle {
                 thresholds: RwLock::new(None),
                 model: RwLock::new(None),
                 embeddings: RwLock::new(None),
+                signer,
                 warn_fraction,
             }),
         }
     }
 
-    /// A handle for a node without an uplink task (router tests, tools): status `offline`.
-    pub fn disabled() -> Self {
-        UplinkHandle::new(UplinkStatus::new(None, 1, None, false), 0.8)
+    /// A handle with no uplink task behind it (router tests, tools): status `offline`,
+    /// with the configured quota.
+    pub fn unstarted(cfg: &config::UplinkConfig) -> Self {
+        UplinkHandle::new(
+            UplinkStatus::new(
+                None,
+                cfg.outbox_quota_bytes,
+                None,
+                cfg.centre_public_key.is_some(),
+            ),
+            cfg.outbox_warn_fraction,
+            None,
+        )
+    }
+
+    /// The node key as a verdict signer, for code outside the pipeline that stores verdicts
+    /// (an operator's decision): pass it to `store::verdicts::insert_with_outbox`. `None`
+    /// on an unstarted handle.
+    pub fn signer(&self) -> Option<Arc<dyn crate::store::verdicts::VerdictSigner>> {
+        self.inner
+            .signer
+            .clone()
+            .map(|k| k as Arc<dyn crate::store::verdicts::VerdictSigner>)
     }
 
     /// A copy of the current status (what `GET /api/v1/uplink` shows).
@@ -216,7 +238,7 @@ pub fn start(
         Some(key.public_hex()),
         u.centre_public_key.is_some(),
     );
-    let handle = UplinkHandle::new(status, u.outbox_warn_fraction);
+    let handle = UplinkHandle::new(status, u.outbox_warn_fraction, Some(key.clone()));
     // Files first: a bad certificate or password file stops the node before any task runs.
     let prepared = match &u.broker {
         Some(b) => Some((b.clone(), b.load_tls()?, b.credentials()?)),
@@ -256,7 +278,7 @@ async fn monitor(handle: UplinkHandle, store: Store, metrics: Metrics, token: Ca
             _ = token.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = refresh(&handle, &store, &metrics).await {
+        if let Err(e) = refresh_status(&handle, &store, &metrics).await.map(drop) {
             if matches!(e, StoreError::Closed) {
                 break;
             }
@@ -270,12 +292,14 @@ async fn monitor(handle: UplinkHandle, store: Store, metrics: Metrics, token: Ca
     });
 }
 
-/// Reads the outbox figures into the status and metrics; logs quota transitions.
-async fn refresh(
+/// Reads the outbox and entry-package figures into the status and metrics (logging quota
+/// transitions) and returns the fresh status: what the monitor does every 2 s and
+/// `GET /api/v1/uplink` does per request.
+pub async fn refresh_status(
     handle: &UplinkHandle,
     store: &Store,
     metrics: &Metrics,
-) -> Result<(), StoreError> {
+) -> Result<UplinkStatus, StoreError> {
     let (stats, entry_counts) = store
         .read(|c| {
             let s = crate::store::outbox::stats(c)?;
@@ -320,5 +344,5 @@ async fn refresh(
             ),
         }
     }
-    Ok(())
+    Ok(snapshot)
 }

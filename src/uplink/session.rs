@@ -215,6 +215,11 @@ fn describe(e: &ConnectionError) -> String {
         ),
         ConnectionError::Tls(t) => format!("TLS: {t}"),
         ConnectionError::Io(io) => format!("network: {io}"),
+        // The broker redelivers such a message on every connection: only the broker's own
+        // size limit, or a higher uplink.max_message_mb, gets past it.
+        other if other.to_string().contains("payload size limit exceeded") => format!(
+            "{other}: the broker sent a message larger than uplink.max_message_mb; set the broker's message size limit (mosquitto: message_size_limit) to at most that, or raise uplink.max_message_mb"
+        ),
         other => other.to_string(),
     }
 }

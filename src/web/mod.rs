@@ -33,20 +33,21 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Uploads hold whole images in memory: past this many at once, answer 503.
     pub upload_permits: Arc<Semaphore>,
-    /// The MQTT uplink's status (`GET /api/v1/uplink`); `disabled()` until the node sets it.
+    /// The MQTT uplink's status (`GET /api/v1/uplink`); `unstarted` until the node sets it.
     pub uplink: crate::uplink::UplinkHandle,
 }
 
 impl AppState {
     pub fn new(cfg: Arc<Config>, store: Store, ingestor: Ingestor, metrics: Metrics) -> Self {
         let permits = cfg.max_concurrent_uploads;
+        let uplink = crate::uplink::UplinkHandle::unstarted(&cfg.uplink);
         AppState {
             cfg,
             store,
             ingestor,
             metrics,
             upload_permits: Arc::new(Semaphore::new(permits)),
-            uplink: crate::uplink::UplinkHandle::disabled(),
+            uplink,
         }
     }
 }
