@@ -106,6 +106,7 @@ pub async fn ingest(
             node_id: "bench".into(),
             site_id: "BENCH".into(),
         },
+        signer: None,
     };
     let pipe_task = tokio::spawn(pipeline.run(rx, token.clone()));
     let ingestor = Ingestor::new(&cfg, store.clone(), metrics, tx);

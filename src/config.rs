@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub uplink: crate::uplink::config::RawUplink,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,8 @@ pub struct Overrides {
     pub hot_folder: Option<PathBuf>,
     pub listen: Option<String>,
     pub log_format: Option<String>,
+    /// `--broker` / `RIAC_BROKER`: the central RIAC's MQTT broker, over `uplink.broker`.
+    pub broker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,7 @@ pub struct Config {
     pub log_level: String,
     pub shutdown_deadline: Duration,
     pub web: WebConfig,
+    pub uplink: crate::uplink::config::UplinkConfig,
 }
 
 /// The operator UI's security settings (`[web]`).
@@ -422,7 +427,16 @@ impl Config {
             ));
         }
 
+        let uplink = crate::uplink::config::validate(
+            raw.uplink,
+            ov.broker.clone(),
+            &data_dir,
+            &node_id,
+            &site_id,
+        )?;
+
         Ok(Config {
+            uplink,
             node_id,
             site_id,
             data_dir,

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod scan;
 pub mod sim;
 pub mod store;
+pub mod uplink;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub enum NodeError {
     HotFolder(#[from] HotFolderError),
     #[error("cannot start the web server: {0}")]
     Web(#[from] web::WebError),
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -59,6 +62,10 @@ pub struct Node {
     pub ingestor: Ingestor,
     pub metrics: Metrics,
     pub config: Arc<Config>,
+    /// The MQTT uplink: status, the entry-package pairing signal, command handlers.
+    pub uplink: uplink::UplinkHandle,
+    /// The key this node signs its verdicts with.
+    pub node_key: Arc<uplink::keys::NodeKey>,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -83,6 +90,15 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
+    let node_key = uplink::load_node_key(&cfg, &store).await?;
+    let uplink = uplink::start(
+        cfg.clone(),
+        store.clone(),
+        metrics.clone(),
+        node_key.clone(),
+        token.clone(),
+        &tracker,
+    )?;
 
     let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
     let pipeline = Pipeline {
@@ -92,6 +108,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
             node_id: cfg.node_id.clone(),
             site_id: cfg.site_id.clone(),
         },
+        signer: Some(node_key.clone() as Arc<dyn store::verdicts::VerdictSigner>),
     };
     tracker.spawn(pipeline.run(rx, token.clone()));
     {
@@ -130,12 +147,13 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         addr: cfg.listen,
         source,
     })?;
-    let state = web::AppState::new(
+    let mut state = web::AppState::new(
         cfg.clone(),
         store.clone(),
         ingestor.clone(),
         metrics.clone(),
     );
+    state.uplink = uplink.clone();
     web::spawn_server(listener, state, &tracker, &token).await?;
     tracing::info!(%addr, node_id = %cfg.node_id, site_id = %cfg.site_id, data_dir = %cfg.data_dir.display(), "riac-node started");
 
@@ -146,6 +164,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         ingestor,
         metrics,
         config: cfg,
+        uplink,
+        node_key,
         token,
         tracker,
     })

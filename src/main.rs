@@ -36,6 +36,10 @@ struct NodeArgs {
     /// Log format: human or json. Overrides log.format.
     #[arg(long, env = "RIAC_LOG_FORMAT")]
     log_format: Option<String>,
+    /// The central RIAC's MQTT broker, mqtts://host:port (or mqtt://host:port where
+    /// uplink.allow_plain = true). Overrides uplink.broker.
+    #[arg(long, env = "RIAC_BROKER")]
+    broker: Option<String>,
 }
 
 impl NodeArgs {
@@ -45,6 +49,7 @@ impl NodeArgs {
             hot_folder: self.hot_folder.clone(),
             listen: self.listen.clone(),
             log_format: self.log_format.clone(),
+            broker: self.broker.clone(),
         }
     }
 }
@@ -119,10 +124,62 @@ enum Command {
     },
     /// Check a config file and print the effective configuration.
     ValidateConfig { file: PathBuf },
+    /// The node's Ed25519 signing key.
+    Keys {
+        #[command(subcommand)]
+        what: KeysWhat,
+    },
+    /// Check a stream of verdicts (one JSON per line, as the centre receives them) against
+    /// a node's public key: gaps, reorders, bad signatures, altered fields. Exit 1 on any
+    /// problem.
+    VerifyChain {
+        /// The node's public key: 64 hex characters, or a file holding it (hex or PEM).
+        #[arg(long)]
+        pubkey: String,
+        /// The verdicts file, or - for standard input.
+        file: String,
+        /// The seq the stream should start at.
+        #[arg(long, default_value_t = 1)]
+        first_seq: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the node on this machine.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+#[derive(Args, Clone)]
+struct KeyArgs {
+    /// Config file whose uplink.node_key_file (or data dir) locates the key.
+    #[arg(long, short, env = "RIAC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory; the key is <data_dir>/keys/node.key. Overrides paths.data_dir.
+    #[arg(long, env = "RIAC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The key file itself (overrides both).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysWhat {
+    /// Create the node's signing key (mode 0600) and print its public key.
+    Init {
+        #[command(flatten)]
+        at: KeyArgs,
+        /// Replace an existing key. Verdicts signed with the old key still verify with the
+        /// old public key; register the new one with the centre.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the node's public key (hex), for the centre and `verify-chain --pubkey`.
+    Show {
+        #[command(flatten)]
+        at: KeyArgs,
     },
 }
 
@@ -176,6 +233,18 @@ enum BenchWhat {
         /// Concurrent ingests (default: number of CPUs).
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Outbox drain to a loopback mosquitto over TLS: verdicts/s, backlog drain time, memory.
+    Uplink {
+        /// Verdicts in the backlog.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// In-flight window (uplink.inflight).
+        #[arg(long, default_value_t = 32)]
+        inflight: u32,
+        /// The mosquitto binary to start.
+        #[arg(long, default_value = "mosquitto")]
+        mosquitto: PathBuf,
     },
 }
 
@@ -284,6 +353,13 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Keys { what } => keys(what),
+        Command::VerifyChain {
+            pubkey,
+            file,
+            first_seq,
+            json,
+        } => verify_chain(&pubkey, &file, first_seq, json),
         Command::Bench { what } => match what {
             BenchWhat::Viewer {
                 width,
@@ -303,6 +379,15 @@ async fn main() -> Result<()> {
                 let workers = workers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 let r = riac_node::bench::ingest(count, width, height, workers).await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
+            BenchWhat::Uplink {
+                count,
+                inflight,
+                mosquitto,
+            } => {
+                let r = riac_node::uplink::bench::drain(count, inflight, &mosquitto).await?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 Ok(())
             }
@@ -327,6 +412,60 @@ async fn run(config: &Path, node: &NodeArgs) -> Result<()> {
     Ok(())
 }
 
+fn key_path(at: &KeyArgs) -> Result<PathBuf> {
+    if let Some(k) = &at.key_file {
+        return Ok(k.clone());
+    }
+    let ov = Overrides {
+        data_dir: at.data_dir.clone(),
+        ..Default::default()
+    };
+    let cfg = match &at.config {
+        Some(c) => Config::load(c, &ov)?,
+        None => Config::defaults(&ov)?,
+    };
+    Ok(cfg.uplink.node_key_file)
+}
+
+fn keys(what: KeysWhat) -> Result<()> {
+    use riac_node::uplink::keys::NodeKey;
+    match what {
+        KeysWhat::Init { at, force } => {
+            let path = key_path(&at)?;
+            let key = NodeKey::create(&path, force)?;
+            println!("created {} (mode 0600)", path.display());
+            println!("public key: {}", key.public_hex());
+            println!("register this public key with the central RIAC; back up the key file");
+        }
+        KeysWhat::Show { at } => {
+            let path = key_path(&at)?;
+            println!("{}", NodeKey::load(&path)?.public_hex());
+        }
+    }
+    Ok(())
+}
+
+fn verify_chain(pubkey: &str, file: &str, first_seq: u64, json: bool) -> Result<()> {
+    use riac_node::uplink::verify::verify_stream;
+    let key = riac_node::uplink::keys::load_public_key_arg(pubkey)?;
+    let report = if file == "-" {
+        verify_stream(std::io::stdin().lock(), &key, first_seq).context("reading standard input")?
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        verify_stream(std::io::BufReader::new(f), &key, first_seq)
+            .with_context(|| format!("reading {file}"))?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn validate_config(file: &Path) -> Result<()> {
     let cfg = Config::load(file, &Overrides::default())?;
     println!("{} is valid.", file.display());
@@ -337,6 +476,25 @@ fn validate_config(file: &Path) -> Result<()> {
         cfg.hot_folder.display()
     );
     println!("web on {}", cfg.listen);
+    match &cfg.uplink.broker {
+        None => println!("no broker: the node works offline, the outbox keeps every verdict"),
+        Some(b) => {
+            // The files the section names are read here, as at start.
+            b.load_tls()?;
+            b.credentials()?;
+            println!(
+                "uplink to {} as client {} ({})",
+                b.url,
+                b.client_id,
+                if b.tls {
+                    "TLS"
+                } else {
+                    "plain TCP, allowed by uplink.allow_plain"
+                }
+            );
+        }
+    }
+    println!("node key file {}", cfg.uplink.node_key_file.display());
     Ok(())
 }
 
@@ -351,9 +509,12 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     let mut ov = node.overrides();
     ov.data_dir = ov.data_dir.or_else(|| Some(tmp.path().to_path_buf()));
     ov.listen = ov.listen.or_else(|| Some("127.0.0.1:8080".into()));
-    let mut cfg = Config::defaults(&ov)?;
-    cfg.node_id = "demo-node".into();
-    cfg.site_id = "KHI".into();
+    // A demo broker is usually a local test one: plain mqtt:// is allowed here.
+    let mut raw = RawConfig::default();
+    raw.uplink.allow_plain = Some(true);
+    raw.node.node_id = Some("demo-node".into());
+    raw.node.site_id = Some("KHI".into());
+    let mut cfg = Config::from_raw(raw, &ov)?;
     cfg.ingest.settle = Duration::from_millis(300);
     init_logging(cfg.log_format, &cfg.log_level);
     let hot = cfg.hot_folder.clone();

@@ -42,6 +42,7 @@ struct Inner {
     outbox_depth: Gauge,
     scans_stored: Gauge,
     stage_seconds: StageHistograms,
+    uplink: crate::uplink::status::UplinkMetrics,
 }
 
 fn stage_histogram() -> Histogram {
@@ -108,6 +109,7 @@ impl Metrics {
             "Unix time the node started",
             started.clone(),
         );
+        let uplink = crate::uplink::status::UplinkMetrics::register(&mut registry);
         started.set(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -125,6 +127,7 @@ impl Metrics {
                 outbox_depth,
                 scans_stored,
                 stage_seconds,
+                uplink,
             }),
         }
     }
@@ -162,6 +165,15 @@ impl Metrics {
     pub fn set_store_gauges(&self, outbox: i64, scans: i64) {
         self.inner.outbox_depth.set(outbox);
         self.inner.scans_stored.set(scans);
+    }
+
+    pub fn set_outbox_depth(&self, n: i64) {
+        self.inner.outbox_depth.set(n);
+    }
+
+    /// The uplink's series (`riac_uplink_*`), updated by the uplink module.
+    pub fn uplink(&self) -> &crate::uplink::status::UplinkMetrics {
+        &self.inner.uplink
     }
 
     pub fn ingested_count(&self, s: Source) -> u64 {

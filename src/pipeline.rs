@@ -6,6 +6,7 @@
 //! Checks that are not available are reported as such in the verdict's `reasons`, with
 //! `refer` as the outcome: the node never invents a score.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -16,6 +17,7 @@ use crate::scan::verdict::{
     ManifestResult, ManifestStatus, Outcome, Verdict, VerdictDeclaration, VERDICT_SCHEMA,
 };
 use crate::store::scans::ScanRecord;
+use crate::store::verdicts::VerdictSigner;
 use crate::store::{self, Store, StoreError};
 
 /// Who this node is, as written into every verdict and topic.
@@ -35,6 +37,8 @@ pub struct Pipeline {
     pub store: Store,
     pub metrics: Metrics,
     pub identity: NodeIdentity,
+    /// Signs each verdict as it joins the chain (the node key); `None` leaves them unsigned.
+    pub signer: Option<Arc<dyn VerdictSigner>>,
 }
 
 impl Pipeline {
@@ -73,9 +77,12 @@ impl Pipeline {
         }
         let verdict = auto_verdict(&scan, &self.identity);
         let topic = self.identity.verdict_topic();
+        let signer = self.signer.clone();
         let stored = self
             .store
-            .write(move |t| store::verdicts::insert_with_outbox(t, verdict, &topic))
+            .write(move |t| {
+                store::verdicts::insert_with_outbox(t, verdict, &topic, signer.as_deref())
+            })
             .await?;
         self.metrics.verdict();
         self.metrics.observe_stage("pipeline", started.elapsed());

@@ -9,3 +9,4 @@ mod daemon;
 mod dicom;
 mod rejects;
 mod ui;
+mod uplink;

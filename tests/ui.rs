@@ -304,7 +304,7 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
                 "reason": "test data: the image looks like undeclared goods",
             }))
             .unwrap();
-            riac_node::store::verdicts::insert_with_outbox(t, v, "riac/v1/KHI/test-node/verdicts")
+            riac_node::store::verdicts::insert_with_outbox(t, v, "riac/v1/KHI/test-node/verdicts", None)
         })
         .await
         .unwrap();
@@ -392,10 +392,10 @@ async fn an_operator_reviews_a_scan_in_a_real_browser() {
     assert_eq!(still, json!(false));
     b.screenshot(&shots, "11-queue-after.png").await;
 
-    // The status page, as an operator sees it; the uplink is not in this build.
+    // The status page, as an operator sees it; this node has no broker configured.
     b.goto(&format!("{base}/status")).await;
-    let absent = b.wait_for("#uplink-absent", Duration::from_secs(20)).await;
-    assert!(b.text(&absent).await.contains("no MQTT uplink"));
+    let absent = b.wait_for("#uplink-disabled", Duration::from_secs(20)).await;
+    assert!(b.text(&absent).await.contains("No broker is configured"));
     let depth = b.text(&b.find("#outbox-depth").await.unwrap()).await;
     assert!(depth.starts_with("6 "), "{depth}");
     b.screenshot(&shots, "12-status.png").await;

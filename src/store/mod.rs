@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod chain;
 pub mod entries;
+pub mod outbox;
 pub mod queue;
 pub mod scans;
 pub mod schema;

@@ -135,6 +135,27 @@ const MIGRATIONS: &[&str] = &[
         revoked    INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     "#,
+    // 4 (uplink): outbox by kind; entry packages this node sends; commands from the centre.
+    r#"
+    CREATE INDEX outbox_kind ON outbox(kind, id);
+    CREATE TABLE entry_outgoing (
+        scan_id    TEXT PRIMARY KEY REFERENCES scans(scan_id),
+        exit_site  TEXT NOT NULL,
+        state      TEXT NOT NULL,           -- queued | sent | deferred | local | skipped | failed
+        bytes      INTEGER,
+        reduction  REAL,
+        updated_at TEXT NOT NULL,
+        detail     TEXT
+    );
+    CREATE INDEX entry_outgoing_state ON entry_outgoing(state) WHERE state IN ('queued', 'deferred');
+    CREATE TABLE uplink_commands (
+        command_id  TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        ok          INTEGER NOT NULL,
+        reply       TEXT NOT NULL           -- the reply JSON as queued
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

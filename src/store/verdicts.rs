@@ -18,9 +18,24 @@ pub fn signing_bytes(v: &Verdict) -> Vec<u8> {
     canonical_json(&value).into_bytes()
 }
 
-/// Publishes `v` into the chain: sets `seq` and `prev_hash`, stores it, queues it on
-/// `topic`, and marks its scan decided. Returns the verdict as stored.
-pub fn insert_with_outbox(t: &Transaction<'_>, mut v: Verdict, topic: &str) -> Result<Verdict> {
+/// Signs verdicts in the node's name (the node key, see `uplink::keys`). Signing happens
+/// inside the transaction that assigns `seq` and `prev_hash`, so what is signed is exactly
+/// what is stored and published.
+pub trait VerdictSigner: Send + Sync {
+    /// The signature over `signing_bytes` (from [`signing_bytes`]), as it goes into the
+    /// verdict's `signature` field.
+    fn sign(&self, signing_bytes: &[u8]) -> String;
+}
+
+/// Publishes `v` into the chain: sets `seq` and `prev_hash`, signs it with `signer` (left
+/// `null` without one), stores it, queues it on `topic`, and marks its scan decided.
+/// Returns the verdict as stored.
+pub fn insert_with_outbox(
+    t: &Transaction<'_>,
+    mut v: Verdict,
+    topic: &str,
+    signer: Option<&dyn VerdictSigner>,
+) -> Result<Verdict> {
     let last: Option<(i64, String)> = t
         .query_row(
             "SELECT seq, hash FROM verdicts ORDER BY seq DESC LIMIT 1",
@@ -34,7 +49,9 @@ pub fn insert_with_outbox(t: &Transaction<'_>, mut v: Verdict, topic: &str) -> R
     };
     v.seq = seq;
     v.prev_hash = prev_hash;
-    let hash = sha256_hex(&signing_bytes(&v));
+    let signed = signing_bytes(&v);
+    let hash = sha256_hex(&signed);
+    v.signature = signer.map(|s| s.sign(&signed));
     let body = canonical_json(&serde_json::to_value(&v).expect("verdict serialises"));
     t.execute(
         "INSERT INTO verdicts(seq, verdict_id, scan_id, decided_at, outcome, decided_by, supersedes, body, hash)

@@ -137,6 +137,8 @@ pub async fn record(
         site_id: st.cfg.site_id.clone(),
     }
     .verdict_topic();
+    // Operator decisions join the same signed chain as automatic verdicts.
+    let signer = st.uplink.signer();
     let (user, role) = (me.username.clone(), me.role);
     let sid = scan_id.to_string();
     let r = st
@@ -184,7 +186,7 @@ pub async fn record(
                 signature: None,
                 ..current
             };
-            let stored = store::verdicts::insert_with_outbox(t, v, &topic)?;
+            let stored = store::verdicts::insert_with_outbox(t, v, &topic, signer.as_deref())?;
             audit::append(
                 t,
                 &user,

@@ -66,12 +66,15 @@ pub struct AppState {
     pub images: Arc<images::ImageWork>,
     /// SHA-256 of the TLS certificate in use, shown on the status page.
     pub tls_fingerprint: Option<String>,
+    /// The MQTT uplink's status (`GET /api/v1/uplink`); `unstarted` until the node sets it.
+    pub uplink: crate::uplink::UplinkHandle,
 }
 
 impl AppState {
     pub fn new(cfg: Arc<Config>, store: Store, ingestor: Ingestor, metrics: Metrics) -> Self {
         let permits = cfg.max_concurrent_uploads;
         let (tx, rx) = watch::channel(ChangeStamp::default());
+        let uplink = crate::uplink::UplinkHandle::unstarted(&cfg.uplink);
         AppState {
             auth: Arc::new(auth::AuthState::new(&cfg.web)),
             cfg,
@@ -84,6 +87,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             images: Arc::new(images::ImageWork::new()),
             tls_fingerprint: None,
+            uplink,
         }
     }
 
@@ -139,6 +143,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans/{id}/decisions", post(decide::api))
         .route("/api/v1/rejects", get(api::list_rejects))
         .route("/api/v1/status", get(status::api))
+        // uplink (MQTT) status for the UI's status page
+        .route("/api/v1/uplink", get(crate::uplink::api::status))
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

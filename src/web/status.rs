@@ -2,7 +2,7 @@
 //! something seems wrong — intake rate, review backlog, outbox depth and the age of its
 //! oldest message, disk space, the model in use, TLS, recent rejects with their reasons —
 //! and the node-wide audit trail for supervisors. The uplink's own state comes from
-//! `GET /api/v1/uplink` when the build has an uplink; the page says so when it has not.
+//! `GET /api/v1/uplink` (connection, acknowledgements, quota, entry packages, commands).
 
 use std::path::Path;
 

@@ -66,7 +66,7 @@ async fn ingest(st: &AppState, d: &crate::sim::SimDrop) {
     let v = auto_verdict(&scan, &me);
     let topic = me.verdict_topic();
     st.store
-        .write(move |t| store::verdicts::insert_with_outbox(t, v, &topic))
+        .write(move |t| store::verdicts::insert_with_outbox(t, v, &topic, None))
         .await
         .unwrap();
 }

@@ -177,10 +177,28 @@ async function initStatus() {
     }
     if (!r.ok) { say('<p class="warn">The uplink did not answer (HTTP ' + r.status + ").</p>"); return; }
     const u = await r.json();
-    const rows = Object.entries(u).map(([k, v]) =>
-      "<tr><th>" + esc(k.replace(/_/g, " ")) + "</th><td>" +
-      esc(typeof v === "object" && v !== null ? JSON.stringify(v) : v) + "</td></tr>").join("");
-    say('<table class="kv" id="uplink-state">' + rows + "</table>");
+    const when = (t) => (t ? esc(String(t).replace("T", " ").replace(/\.\d+Z$/, " UTC")) : "never");
+    const row = (id, k, v, warn) =>
+      '<tr><th>' + esc(k) + '</th><td id="' + id + '"' + (warn ? ' class="warn"' : "") + ">" + v + "</td></tr>";
+    if (!u.enabled) {
+      say('<p class="warn" id="uplink-disabled">No broker is configured ([uplink] broker): verdicts wait in the outbox until one is.</p>');
+      return;
+    }
+    const ob = u.outbox || {};
+    const ep = u.entry_packages || {};
+    const cmd = u.commands || {};
+    const quota = ob.alert && ob.alert !== "ok";
+    say('<table class="kv" id="uplink-state">' +
+      row("uplink-conn", "Connection", esc(u.state) + " since " + when(u.state_since), u.state !== "connected") +
+      row("uplink-broker", "Broker", esc(u.broker || "") + " as " + esc(u.client_id || "")) +
+      row("uplink-last", "Last connected", when(u.last_connected_at)) +
+      (u.last_error ? row("uplink-error", "Last error", esc(u.last_error), true) : "") +
+      row("uplink-puback", "Last acknowledged", when(u.last_puback_at) + " (" + esc(u.acknowledged) + " since start)") +
+      row("uplink-quota", "Outbox quota", (100 * (ob.used_fraction || 0)).toFixed(1) + "% used, " + esc(ob.alert || "ok"), quota) +
+      row("uplink-entries", "Entry packages", esc(ep.received || 0) + " received, " + esc(ep.rejected || 0) + " refused, " + esc(ep.queued || 0) + " to send") +
+      row("uplink-commands", "Commands", esc(cmd.received || 0) + " received, " + esc(cmd.failed || 0) + " failed" + (u.commands_require_signature ? " (signed only)" : "")) +
+      row("uplink-key", "Node public key", '<span class="mono">' + esc(u.node_public_key || "none") + "</span>") +
+      "</table>");
   } catch (e) {
     say('<p class="warn">Cannot reach the uplink status.</p>');
   }
