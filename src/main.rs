@@ -359,7 +359,14 @@ async fn main() -> Result<()> {
             file,
             first_seq,
             json,
-        } => verify_chain(&pubkey, &file, first_seq, json),
+        } => {
+            // Exit 1 means "problems found" (verify_chain exits itself); 2 means "could not check".
+            if let Err(e) = verify_chain(&pubkey, &file, first_seq, json) {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Bench { what } => match what {
             BenchWhat::Viewer {
                 width,

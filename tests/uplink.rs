@@ -762,6 +762,15 @@ async fn keys_and_verify_chain_on_the_command_line() {
     );
     assert_eq!(code, 0, "{out}");
 
+    // Cannot check at all: exit 2, not 1.
+    let (code, out) = cli(
+        &["verify-chain", "--pubkey", &pubkey, "/nonexistent.jsonl"],
+        None,
+    );
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = cli(&["verify-chain", "--pubkey", "abc", "-"], Some(b""));
+    assert!(code == 2 && out.contains("--pubkey"), "{out}");
+
     // A tampered verdict.
     let mut tampered = bodies.clone();
     assert!(tampered[2].contains("\"outcome\":\"refer\""));
@@ -1015,6 +1024,18 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         serde_json::to_vec(&other_node).unwrap(),
     )
     .await;
+    // Signed by another key.
+    let impostor = NodeKey::generate(&dir.path().join("impostor.key")).unwrap();
+    let mut forged = serde_json::json!({"command_id": "c-forged", "node_id": "KHI-N3", "name": "thresholds", "args": {"transit": {"change_score": 0.5}}});
+    forged["signature"] = impostor
+        .sign_hex(riac_node::store::chain::canonical_json(&forged).as_bytes())
+        .into();
+    publish(
+        &sub,
+        cmd("thresholds"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .await;
     // Unknown command, invalid arguments, no handler yet.
     publish(
         &sub,
@@ -1043,8 +1064,8 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         ),
     )
     .await;
-    wait_for(Duration::from_secs(20), "six more replies", || {
-        replies(&sub).len() >= 9
+    wait_for(Duration::from_secs(20), "seven more replies", || {
+        replies(&sub).len() >= 10
     })
     .await;
     let err_of = |id: &str| {
@@ -1062,6 +1083,11 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         err_of("c-other").contains("node_id"),
         "{}",
         err_of("c-other")
+    );
+    assert!(
+        err_of("c-forged").contains("not signed by the centre key"),
+        "{}",
+        err_of("c-forged")
     );
     assert!(
         err_of("c-unknown").contains("unknown command")
@@ -1207,7 +1233,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
 
     let s = handle.status();
     assert_eq!(s.state, ConnState::Connected);
-    assert!(s.commands.failed >= 9, "{s:?}");
+    assert!(s.commands.failed >= 11, "{s:?}");
     node.stop().await;
 
     // A wrong password: the node keeps running, says why, and keeps retrying.

@@ -279,7 +279,8 @@ impl Session {
         stop: CancellationToken,
     ) {
         let ctx = self.ctx.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // New rows are looked for at least this often (the pipeline does not notify).
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -587,9 +588,13 @@ impl Session {
     /// than the LWT), acknowledged rows deleted, DISCONNECT.
     async fn goodbye(&mut self, net_rx: &mut mpsc::Receiver<Net>, in_tx: &mpsc::Sender<Received>) {
         if self.connected {
+            // One last window of rows, then `offline`, acknowledged within the deadline;
+            // whatever is not acknowledged by then stays queued for the next start.
+            self.more = true;
+            self.fill().await;
             self.publish_status(What::Goodbye);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-            while self.connected && !self.goodbye_acked {
+            while self.connected && !(self.goodbye_acked && self.flights.is_empty()) {
                 tokio::select! {
                     m = net_rx.recv() => match m {
                         Some(m) => self.on_net(m, in_tx).await,
