@@ -106,6 +106,8 @@ pub async fn ingest(
             node_id: "bench".into(),
             site_id: "BENCH".into(),
         },
+        matcher: None,
+        data_dir: cfg.data_dir.clone(),
     };
     let pipe_task = tokio::spawn(pipeline.run(rx, token.clone()));
     let ingestor = Ingestor::new(&cfg, store.clone(), metrics, tx);

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod imaging;
 pub mod ingest;
+pub mod matching;
 pub mod metrics;
 pub mod pipeline;
 pub mod scan;
@@ -46,6 +47,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     HotFolder(#[from] HotFolderError),
+    #[error("cannot load the embedding model ([matching] in the config): {0}")]
+    Matching(#[from] matching::MatchError),
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -81,6 +84,30 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
 
+    let matcher = match cfg.matching.model.clone() {
+        // A configured model that cannot be loaded stops the start: matching with no model,
+        // or the wrong one, must not pass for a node that checks manifests.
+        Some(contract) => {
+            let (m, st) = (cfg.matching.clone(), store.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                matching::load_matcher(&contract, m.backend, m.ort_library.as_deref(), m.params, st)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+            match r {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    store.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => {
+            tracing::warn!("no embedding model configured ([matching] model): verdicts will say the manifest check did not run");
+            None
+        }
+    };
+
     let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
     let pipeline = Pipeline {
         store: store.clone(),
@@ -89,6 +116,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
             node_id: cfg.node_id.clone(),
             site_id: cfg.site_id.clone(),
         },
+        matcher,
+        data_dir: cfg.data_dir.clone(),
     };
     tracker.spawn(pipeline.run(rx, token.clone()));
     {

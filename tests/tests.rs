@@ -7,4 +7,5 @@ mod api;
 mod capture;
 mod daemon;
 mod dicom;
+mod matching;
 mod rejects;

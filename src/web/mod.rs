@@ -68,6 +68,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans/{id}/image.png", get(api::scan_image))
         .route("/api/v1/scans/{id}/image16.png", get(api::scan_image16))
         .route("/api/v1/rejects", get(api::list_rejects))
+        // The reference library (src/matching/http.rs), for the manifest view.
+        .route("/api/v1/library", get(crate::matching::http::list))
+        .route(
+            "/api/v1/library/{reference_id}/image.png",
+            get(crate::matching::http::image),
+        )
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
