@@ -676,7 +676,8 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
             std::sync::Arc::new(model),
             &riac_node::matching::cli::DEMO_CLASSES,
             2,
-            resolution_scale,
+            // References need not be as sharp as the demo scans: the model works at 20 mm.
+            resolution_scale.min(0.35),
             4242,
         )
         .await?;

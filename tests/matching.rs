@@ -346,3 +346,32 @@ async fn a_loaded_container_declared_empty_is_an_alert() {
     assert_eq!(c.outcome.as_str(), "alert", "{:?}", c.manifest);
     store.close().await;
 }
+
+#[test]
+fn the_daemon_refuses_to_start_with_a_model_that_does_not_match_its_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let sha = ModelSpec::load(&matching::bundled_model())
+        .unwrap()
+        .model
+        .sha256;
+    let bad = edited_contract(dir.path(), |t| t.replace(&sha, &"a".repeat(64)));
+    let cfg = write_daemon_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[matching]\nmodel = \"{}\"\nbackend = \"tract\"\n",
+        bad.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sha256") && err.contains(&sha) && err.contains("riac-texture.onnx"),
+        "{err}"
+    );
+}

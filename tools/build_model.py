@@ -343,9 +343,9 @@ name = "embedding"
 dim = {DIM}
 
 # Scan-level nearest-reference accuracy (the node's own search), library = training scans,
-# queries = {len(scva)} validation scans from seeds {VAL_SEED}+ (never trained on).
+# queries = the {len(np.unique(sva))} validation scans with cargo, from seeds {VAL_SEED}+ (never trained on).
 [evaluation]
-validation_scans = {len(scva)}
+validation_scans = {len(np.unique(sva))}
 top1_lda = {acc_lda:.3f}
 top1_whitened_pca = {acc_pca:.3f}
 top1_standardised_features = {acc_std:.3f}
