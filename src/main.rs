@@ -356,7 +356,15 @@ async fn main() -> Result<()> {
                 latency_only,
             } => {
                 let (contract, backend, ort) = model_choice(&model)?;
+                let params = if model.config.is_file() {
+                    Config::load(&model.config, &Overrides::default())?
+                        .matching
+                        .params
+                } else {
+                    riac_node::matching::CheckParams::default()
+                };
                 let opts = riac_node::matching::bench::Options {
+                    params,
                     contract,
                     backend,
                     ort_library: ort,

@@ -30,6 +30,8 @@ pub struct Options {
     pub search_tiles: usize,
     pub latency_scans: usize,
     pub seed: u64,
+    /// Thresholds of the checks (the config's `[matching]`, else the defaults).
+    pub params: CheckParams,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,10 @@ pub struct Report {
     pub unknown_on_true: f64,
     pub empty_check: EmptyStats,
     pub per_class_top1: Vec<(String, usize, f64)>,
+    /// Detection and false alarms at other thresholds, on the same scans.
+    pub operating_points: Vec<OperatingPoint>,
+    pub skipped_references: Vec<(String, String)>,
+    pub params: String,
     pub latency: Vec<Latency>,
     pub search: SearchTiming,
     pub peak_rss_mib: f64,
@@ -102,6 +108,67 @@ pub struct EmptyStats {
     /// Truly empty and declared empty: wrongly flagged share.
     pub empty_true_false_alarms: Option<f64>,
     pub empty_true_n: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OperatingPoint {
+    pub temperature: f64,
+    pub inconsistent_max: f64,
+    pub detection: f64,
+    pub false_alarms: f64,
+    pub unknown_on_true: f64,
+}
+
+/// What is kept of each test scan to replay the decision at other thresholds.
+struct Kept {
+    false_declared: bool,
+    codes: Vec<String>,
+    fill: Option<f64>,
+    tiles: usize,
+    scores: Vec<(String, String, f32)>,
+}
+
+fn sweep(kept: &[Kept], base: &CheckParams) -> Vec<OperatingPoint> {
+    let mut out = Vec::new();
+    for temperature in [0.005, 0.01, 0.02, 0.03, 0.05] {
+        for inconsistent_max in [0.05, 0.1, 0.2, 0.3] {
+            let p = CheckParams {
+                temperature,
+                inconsistent_max,
+                ..*base
+            };
+            let (mut fd, mut f, mut ta, mut tu, mut t) = (0, 0, 0, 0, 0);
+            for k in kept {
+                let e = super::check::Evidence {
+                    declared: &k.codes,
+                    fill: k.fill,
+                    tiles: k.tiles,
+                    scores: k
+                        .scores
+                        .iter()
+                        .map(|(a, b, s)| (a.as_str(), b.as_str(), *s))
+                        .collect(),
+                };
+                let st = super::check::decide(&e, &p).manifest.status;
+                if k.false_declared {
+                    f += 1;
+                    fd += usize::from(st == ManifestStatus::Inconsistent);
+                } else {
+                    t += 1;
+                    ta += usize::from(st == ManifestStatus::Inconsistent);
+                    tu += usize::from(st == ManifestStatus::Unknown);
+                }
+            }
+            out.push(OperatingPoint {
+                temperature,
+                inconsistent_max,
+                detection: rate(fd, f),
+                false_alarms: rate(ta, t),
+                unknown_on_true: rate(tu, t),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -242,7 +309,7 @@ pub async fn latency_only(o: &Options) -> Result<Latency, BenchError> {
         let model = load_model(&o)?;
         let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(e.to_string()))?;
         let store = Store::open(&dir.path().join("riac-node.db"))?;
-        let m = Matcher::new(model, CheckParams::default(), store);
+        let m = Matcher::new(model, o.params, store);
         time_latency(&m, &latency_images(&o))
     })
     .await
@@ -307,7 +374,7 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
     let model_name = format!("{} {}", model.spec.model.name, model.spec.model.version);
     let matcher = Arc::new(Matcher::new(
         Arc::try_unwrap(model).unwrap_or_else(|_| unreachable!("the import is done with it")),
-        CheckParams::default(),
+        o.params,
         store.clone(),
     ));
     let index = matcher.index()?;
@@ -332,11 +399,6 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
         };
         plan.push((test_seed + i as u64, truth, declared));
     }
-    let jobs: Vec<(u64, String)> = plan.iter().map(|(s, t, _)| (*s, t.clone())).collect();
-    let tests = tokio::task::spawn_blocking(move || render(jobs, scale))
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-
     #[derive(Default)]
     struct Tally {
         n: usize,
@@ -356,60 +418,87 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
     }
     let m2 = matcher.clone();
     let plan2 = plan.clone();
-    let t = tokio::task::spawn_blocking(move || -> Result<Tally, BenchError> {
+    let t = tokio::task::spawn_blocking(move || -> Result<(Tally, Vec<Kept>), BenchError> {
         let mut t = Tally::default();
-        for (d, (_, truth, declared)) in tests.into_iter().zip(plan2) {
-            let Some(mut d) = d else { continue };
-            t.n += 1;
-            if let Some(c) = &declared {
-                redeclare(&mut d, c);
-            }
-            let sc = &d.sidecar;
-            let codes = super::declared_codes(Some(sc));
-            let (p, c) = super::image_geometry(Some(sc));
-            let r = m2.check_image(&codes, &d.image, p, c)?;
-            let man = &r.contribution.manifest;
-            let th = super::check::heading(&truth);
-            let truth_empty = th == "8609";
-            let decl_empty = super::check::declares_empty(&codes);
-            if !truth_empty {
-                t.n_goods += 1;
-                let ok = man
-                    .top_matches
-                    .first()
-                    .is_some_and(|m| super::check::heading(&m.hs_code) == th);
-                t.top1 += usize::from(ok);
-                let e = t.per_class.entry(truth.clone()).or_default();
-                e.0 += 1;
-                e.1 += usize::from(ok);
-            }
-            let inconsistent = man.status == ManifestStatus::Inconsistent;
-            if declared.is_some() {
-                t.false_n += 1;
-                t.detected += usize::from(inconsistent);
-                t.flagged += usize::from(r.contribution.outcome != Outcome::Clear);
-                if decl_empty && !truth_empty {
-                    t.empty.loaded_declared_empty_n += 1;
-                    t.led_flag += usize::from(inconsistent);
+        let mut kept = Vec::new();
+        // A few scans rendered at a time: the test set never sits in memory whole.
+        let mut scans = Vec::new();
+        for chunk in plan2.chunks(8) {
+            let jobs = chunk.iter().map(|(s, c, _)| (*s, c.clone())).collect();
+            scans.extend(render(jobs, scale).into_iter().zip(chunk.iter().cloned()));
+            for (d, (_, truth, declared)) in scans.drain(..) {
+                let Some(mut d) = d else { continue };
+                t.n += 1;
+                if let Some(c) = &declared {
+                    redeclare(&mut d, c);
                 }
-                if truth_empty && !decl_empty {
-                    t.empty.empty_declared_loaded_n += 1;
-                    t.edl_flag += usize::from(inconsistent);
+                let sc = &d.sidecar;
+                let codes = super::declared_codes(Some(sc));
+                let (p, c) = super::image_geometry(Some(sc));
+                let r = m2.check_image(&codes, &d.image, p, c)?;
+                kept.push(Kept {
+                    false_declared: declared.is_some(),
+                    codes: codes.clone(),
+                    fill: r
+                        .embedded
+                        .prepared
+                        .band
+                        .map(|_| f64::from(r.embedded.prepared.fill)),
+                    tiles: r.embedded.prepared.tile_count(),
+                    scores: m2
+                        .index()?
+                        .refs
+                        .iter()
+                        .map(|x| (x.reference_id.clone(), x.hs_code.clone()))
+                        .zip(m2.index()?.reference_scores(&r.embedded.tiles))
+                        .map(|((a, b), s)| (a, b, s))
+                        .collect(),
+                });
+                let man = &r.contribution.manifest;
+                let th = super::check::heading(&truth);
+                let truth_empty = th == "8609";
+                let decl_empty = super::check::declares_empty(&codes);
+                if !truth_empty {
+                    t.n_goods += 1;
+                    let ok = man
+                        .top_matches
+                        .first()
+                        .is_some_and(|m| super::check::heading(&m.hs_code) == th);
+                    t.top1 += usize::from(ok);
+                    let e = t.per_class.entry(truth.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += usize::from(ok);
                 }
-            } else {
-                t.true_n += 1;
-                t.false_alarm += usize::from(inconsistent);
-                t.unknown_true += usize::from(man.status == ManifestStatus::Unknown);
-                if truth_empty {
-                    t.empty.empty_true_n += 1;
-                    t.et_alarm += usize::from(inconsistent);
+                let inconsistent = man.status == ManifestStatus::Inconsistent;
+                if declared.is_some() {
+                    t.false_n += 1;
+                    t.detected += usize::from(inconsistent);
+                    t.flagged += usize::from(r.contribution.outcome != Outcome::Clear);
+                    if decl_empty && !truth_empty {
+                        t.empty.loaded_declared_empty_n += 1;
+                        t.led_flag += usize::from(inconsistent);
+                    }
+                    if truth_empty && !decl_empty {
+                        t.empty.empty_declared_loaded_n += 1;
+                        t.edl_flag += usize::from(inconsistent);
+                    }
+                } else {
+                    t.true_n += 1;
+                    t.false_alarm += usize::from(inconsistent);
+                    t.unknown_true += usize::from(man.status == ManifestStatus::Unknown);
+                    if truth_empty {
+                        t.empty.empty_true_n += 1;
+                        t.et_alarm += usize::from(inconsistent);
+                    }
                 }
             }
         }
-        Ok(t)
+        Ok((t, kept))
     })
     .await
     .map_err(|e| BenchError::Setup(e.to_string()))??;
+    let (t, kept) = t;
+    let sweep = sweep(&kept, &o.params);
 
     // Latency on a 4000x1400 scan: tract here, ONNX Runtime in a child process.
     let imgs = {
@@ -474,6 +563,9 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
             .iter()
             .map(|(c, (n, ok))| (c.clone(), *n, rate(*ok, *n)))
             .collect(),
+        operating_points: sweep,
+        skipped_references: imported.skipped.clone(),
+        params: format!("{:?}", o.params),
         latency,
         search,
         peak_rss_mib: crate::bench::peak_rss_mib(),

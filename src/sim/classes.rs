@@ -116,3 +116,39 @@ impl Simulator {
         Some(self.drop_for(&scene, &sc, &pass, &site, when, "import", decl))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimOptions;
+
+    #[test]
+    fn every_class_loads_and_is_declared_truthfully_then_falsely() {
+        let mut sim = Simulator::new(SimOptions {
+            seed: 5,
+            resolution_scale: 0.1,
+            ..SimOptions::default()
+        });
+        let classes = goods_classes();
+        assert!(classes.len() >= 16);
+        assert!(classes.iter().any(|c| c.hs_code == "2202.10"));
+        for c in &classes {
+            let mut d = sim.next_drop_of_class(c.hs_code).unwrap();
+            let goods = d.sidecar["declaration"]["goods"]
+                .as_array()
+                .unwrap()
+                .clone();
+            assert_eq!(goods.len(), 1, "{}: {goods:?}", c.hs_code);
+            assert_eq!(goods[0]["hs_code"], c.hs_code);
+            redeclare(&mut d, "4011.20");
+            assert_eq!(d.sidecar["declaration"]["goods"][0]["hs_code"], "4011.20");
+            rename(&mut d, "X-1");
+            assert_eq!(
+                d.sidecar["image"]["file"].as_str(),
+                Some(d.image_file.as_str())
+            );
+            assert!(d.image_file.starts_with("X-1."));
+        }
+        assert!(sim.next_drop_of_class("1234.56").is_none());
+    }
+}
