@@ -205,7 +205,10 @@ fn environment_overrides_the_config_file() {
         .unwrap();
     let db = other.join("riac-node.db");
     let start = Instant::now();
-    while !db.exists() && start.elapsed() < Duration::from_secs(20) {
+    // The database appears before the hot folder is created: wait for both.
+    while !(db.exists() && dir.path().join("hot").is_dir())
+        && start.elapsed() < Duration::from_secs(20)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
