@@ -107,6 +107,8 @@ pub async fn ingest(
             site_id: "BENCH".into(),
         },
         signer: None,
+        matcher: None,
+        data_dir: cfg.data_dir.clone(),
     };
     let pipe_task = tokio::spawn(pipeline.run(rx, token.clone()));
     let ingestor = Ingestor::new(&cfg, store.clone(), metrics, tx);

@@ -59,6 +59,8 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub uplink: crate::uplink::config::RawUplink,
+    #[serde(default)]
+    pub matching: RawMatching,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +120,31 @@ pub struct RawShutdown {
     pub deadline_secs: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatching {
+    pub model: Option<PathBuf>,
+    pub backend: Option<String>,
+    pub ort_library: Option<PathBuf>,
+    pub top_k: Option<u32>,
+    pub temperature: Option<f64>,
+    pub consistent_min: Option<f64>,
+    pub inconsistent_max: Option<f64>,
+    pub alert_confidence: Option<f64>,
+    pub empty_fill_max: Option<f64>,
+    pub loaded_fill_min: Option<f64>,
+}
+
+/// `[matching]`: the embedding model and the thresholds of the manifest check.
+#[derive(Debug, Clone)]
+pub struct MatchingConfig {
+    /// The model contract (`models/<name>.toml`); `None`: no model, the check does not run.
+    pub model: Option<PathBuf>,
+    pub backend: crate::matching::BackendChoice,
+    pub ort_library: Option<PathBuf>,
+    pub params: crate::matching::CheckParams,
+}
+
 /// Values given on the command line or in `RIAC_*` variables; they win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -150,6 +177,7 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub web: WebConfig,
     pub uplink: crate::uplink::config::UplinkConfig,
+    pub matching: MatchingConfig,
 }
 
 /// The operator UI's security settings (`[web]`).
@@ -298,6 +326,93 @@ fn web_config(w: &RawWeb, listen: SocketAddr) -> Result<WebConfig, ConfigError> 
     })
 }
 
+fn fraction(key: &'static str, v: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+    let x = v.unwrap_or(default);
+    if !(0.0..=1.0).contains(&x) {
+        return Err(invalid(key, x, "must be between 0 and 1"));
+    }
+    Ok(x)
+}
+
+fn matching_config(m: RawMatching) -> Result<MatchingConfig, ConfigError> {
+    use crate::matching::{BackendChoice, CheckParams};
+    let d = CheckParams::default();
+    let backend_s = m.backend.unwrap_or_else(|| "auto".into());
+    let backend = BackendChoice::parse(&backend_s).ok_or_else(|| {
+        invalid(
+            "matching.backend",
+            format!("{backend_s:?}"),
+            "one of: auto, tract, onnxruntime",
+        )
+    })?;
+    let model = m.model.filter(|p| !p.as_os_str().is_empty());
+    let ort_library = m.ort_library.filter(|p| !p.as_os_str().is_empty());
+    let temperature = m.temperature.unwrap_or(d.temperature);
+    if !(temperature > 0.0 && temperature <= 1.0) {
+        return Err(invalid(
+            "matching.temperature",
+            temperature,
+            "must be more than 0 and at most 1",
+        ));
+    }
+    let params = CheckParams {
+        top_k: ranged("matching.top_k", m.top_k, d.top_k as u32, 1, 50)? as usize,
+        temperature,
+        consistent_min: fraction(
+            "matching.consistent_min",
+            m.consistent_min,
+            d.consistent_min,
+        )?,
+        inconsistent_max: fraction(
+            "matching.inconsistent_max",
+            m.inconsistent_max,
+            d.inconsistent_max,
+        )?,
+        alert_confidence: fraction(
+            "matching.alert_confidence",
+            m.alert_confidence,
+            d.alert_confidence,
+        )?,
+        empty_fill_max: fraction(
+            "matching.empty_fill_max",
+            m.empty_fill_max,
+            d.empty_fill_max,
+        )?,
+        loaded_fill_min: fraction(
+            "matching.loaded_fill_min",
+            m.loaded_fill_min,
+            d.loaded_fill_min,
+        )?,
+        min_tiles: d.min_tiles,
+    };
+    if params.inconsistent_max >= params.consistent_min {
+        return Err(invalid(
+            "matching.inconsistent_max",
+            params.inconsistent_max,
+            format!(
+                "must be below matching.consistent_min ({})",
+                params.consistent_min
+            ),
+        ));
+    }
+    if params.empty_fill_max >= params.loaded_fill_min {
+        return Err(invalid(
+            "matching.empty_fill_max",
+            params.empty_fill_max,
+            format!(
+                "must be below matching.loaded_fill_min ({})",
+                params.loaded_fill_min
+            ),
+        ));
+    }
+    Ok(MatchingConfig {
+        model,
+        backend,
+        ort_library,
+        params,
+    })
+}
+
 impl Config {
     /// Applies defaults and overrides to `raw` and checks every value.
     pub fn from_raw(raw: RawConfig, ov: &Overrides) -> Result<Self, ConfigError> {
@@ -434,6 +549,7 @@ impl Config {
             &node_id,
             &site_id,
         )?;
+        let matching = matching_config(raw.matching)?;
 
         Ok(Config {
             uplink,
@@ -455,6 +571,7 @@ impl Config {
                 600,
             )?),
             web,
+            matching,
         })
     }
 

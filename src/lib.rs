@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod imaging;
 pub mod ingest;
+pub mod matching;
 pub mod metrics;
 pub mod pipeline;
 pub mod scan;
@@ -52,6 +53,8 @@ pub enum NodeError {
     Web(#[from] web::WebError),
     #[error(transparent)]
     Uplink(#[from] uplink::UplinkError),
+    #[error("cannot load the embedding model ([matching] in the config): {0}")]
+    Matching(#[from] matching::MatchError),
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -100,6 +103,30 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         &tracker,
     )?;
 
+    let matcher = match cfg.matching.model.clone() {
+        // A configured model that cannot be loaded stops the start: matching with no model,
+        // or the wrong one, must not pass for a node that checks manifests.
+        Some(contract) => {
+            let (m, st) = (cfg.matching.clone(), store.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                matching::load_matcher(&contract, m.backend, m.ort_library.as_deref(), m.params, st)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+            match r {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    store.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => {
+            tracing::warn!("no embedding model configured ([matching] model): verdicts will say the manifest check did not run");
+            None
+        }
+    };
+
     let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
     let pipeline = Pipeline {
         store: store.clone(),
@@ -109,6 +136,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
             site_id: cfg.site_id.clone(),
         },
         signer: Some(node_key.clone() as Arc<dyn store::verdicts::VerdictSigner>),
+        matcher,
+        data_dir: cfg.data_dir.clone(),
     };
     tracker.spawn(pipeline.run(rx, token.clone()));
     {

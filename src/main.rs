@@ -106,6 +106,10 @@ enum Command {
         /// 1.0 = a real scanner's resolution; smaller is faster.
         #[arg(long, default_value_t = 1.0)]
         resolution_scale: f64,
+        /// Only trucks carrying this goods class (an HS code the simulator knows, e.g.
+        /// 2202.10), declared truthfully; not with --transit-pairs.
+        #[arg(long)]
+        goods: Option<String>,
     },
     /// Self-check for field engineers: config, directories, disk, database, clock, port.
     Doctor {
@@ -144,6 +148,25 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The reference library of manifest matching (scans of known goods).
+    Library {
+        #[command(subcommand)]
+        what: LibraryWhat,
+    },
+    /// Run the manifest and empty-container checks on one drop against a data dir's
+    /// library, without a daemon; prints the verdict's `manifest` object with timings.
+    Match {
+        /// The drop's sidecar (`<scan_id>.json`; its image beside it).
+        sidecar: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Include the per-tile embeddings in the JSON (to compare backends).
+        #[arg(long, hide = true)]
+        embeddings: bool,
     },
     /// Measure the node on this machine.
     Bench {
@@ -210,6 +233,64 @@ enum UserWhat {
     List,
 }
 
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Data directory holding the library (riac-node.db). Default: the config's.
+    #[arg(long, env = "RIAC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file to take [matching] and paths.data_dir from, if it exists.
+    #[arg(long, short, env = "RIAC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Model contract (models/<name>.toml). Default: the config's matching.model, else
+    /// the model of this source tree.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// ONNX backend: auto, tract or onnxruntime.
+    #[arg(long)]
+    backend: Option<String>,
+    /// libonnxruntime.so for the onnxruntime backend (else ORT_DYLIB_PATH).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum LibraryWhat {
+    /// Import the drops of a folder (scan drop contract; the declared HS code is the
+    /// label). Idempotent: unchanged drops are skipped, changed ones replaced.
+    Import {
+        dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// List the references.
+    List {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove references by id.
+    Remove {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Write the model-input tiles of a folder of drops (training data for tools/).
+    #[command(hide = true)]
+    ExportTiles {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        tile: usize,
+        #[arg(long, default_value_t = 32)]
+        stride: usize,
+        #[arg(long, default_value_t = 20.0)]
+        pixel_mm: f32,
+    },
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
     /// What showing a 16-bit scan costs: server encoding and, with Chromium, the viewer.
@@ -245,6 +326,35 @@ enum BenchWhat {
         /// The mosquitto binary to start.
         #[arg(long, default_value = "mosquitto")]
         mosquitto: PathBuf,
+    },
+    /// Manifest matching: accuracy on simulator scans from unseen seeds, latency, RSS.
+    Match {
+        /// References per goods class.
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+        /// Test scans (from other seeds than the library's).
+        #[arg(long, default_value_t = 300)]
+        tests: usize,
+        /// Share of test scans declared falsely.
+        #[arg(long, default_value_t = 0.3)]
+        false_rate: f64,
+        /// Simulator resolution (1.0: ~4000-6000 px wide scans, as real scanners).
+        #[arg(long, default_value_t = 1.0)]
+        resolution_scale: f64,
+        /// Library size for the search timing (tiles, made of copies of the real ones).
+        #[arg(long, default_value_t = 100_000)]
+        search_tiles: usize,
+        /// Scans per backend for the latency of a 4000x1400 scan.
+        #[arg(long, default_value_t = 20)]
+        latency_scans: usize,
+        /// Seed of the library; tests use seeds from seed + 1000.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Internal: only measure latency with the given backend and print JSON.
+        #[arg(long, hide = true)]
+        latency_only: bool,
     },
 }
 
@@ -300,6 +410,7 @@ async fn main() -> Result<()> {
             seed,
             format,
             resolution_scale,
+            goods,
         } => {
             let format = match format.as_str() {
                 "tiff" => SimImageFormat::Tiff,
@@ -320,7 +431,22 @@ async fn main() -> Result<()> {
                 format,
                 ..SimOptions::default()
             };
-            simulate(opts, out, post, token, count, transit_pairs).await
+            if let Some(code) = &goods {
+                if transit_pairs {
+                    bail!("--goods and --transit-pairs cannot be combined");
+                }
+                if !riac_node::sim::goods_classes()
+                    .iter()
+                    .any(|c| c.hs_code == code)
+                {
+                    let known: Vec<&str> = riac_node::sim::goods_classes()
+                        .iter()
+                        .map(|c| c.hs_code)
+                        .collect();
+                    bail!("--goods {code:?}: the simulator knows {}", known.join(", "));
+                }
+            }
+            simulate(opts, out, post, token, count, transit_pairs, goods).await
         }
         Command::User { data_dir, what } => {
             use riac_node::web::accounts::{cli, UserCommand};
@@ -367,6 +493,13 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Library { what } => library(what).await,
+        Command::Match {
+            sidecar,
+            model,
+            json,
+            embeddings,
+        } => match_one(&sidecar, &model, json, embeddings).await,
         Command::Bench { what } => match what {
             BenchWhat::Viewer {
                 width,
@@ -396,6 +529,47 @@ async fn main() -> Result<()> {
             } => {
                 let r = riac_node::uplink::bench::drain(count, inflight, &mosquitto).await?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
+            BenchWhat::Match {
+                per_class,
+                tests,
+                false_rate,
+                resolution_scale,
+                search_tiles,
+                latency_scans,
+                seed,
+                model,
+                latency_only,
+            } => {
+                let (contract, backend, ort) = model_choice(&model)?;
+                let params = if model.config.is_file() {
+                    Config::load(&model.config, &Overrides::default())?
+                        .matching
+                        .params
+                } else {
+                    riac_node::matching::CheckParams::default()
+                };
+                let opts = riac_node::matching::bench::Options {
+                    params,
+                    contract,
+                    backend,
+                    ort_library: ort,
+                    per_class,
+                    tests,
+                    false_rate,
+                    resolution_scale,
+                    search_tiles,
+                    latency_scans,
+                    seed,
+                };
+                if latency_only {
+                    let r = riac_node::matching::bench::latency_only(&opts).await?;
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let r = riac_node::matching::bench::run(&opts).await?;
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                }
                 Ok(())
             }
         },
@@ -505,6 +679,217 @@ fn validate_config(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The model contract, backend and ONNX Runtime library for a CLI command: flags first,
+/// then the config file's [matching] (when the file exists), then the bundled model.
+fn model_choice(
+    a: &ModelArgs,
+) -> Result<(PathBuf, riac_node::matching::BackendChoice, Option<PathBuf>)> {
+    use riac_node::matching::BackendChoice;
+    let cfg = if a.config.is_file() {
+        Some(Config::load(&a.config, &Overrides::default())?)
+    } else {
+        None
+    };
+    let contract = a
+        .model
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.matching.model.clone()))
+        .unwrap_or_else(riac_node::matching::bundled_model);
+    let backend = match &a.backend {
+        Some(b) => BackendChoice::parse(b)
+            .with_context(|| format!("--backend {b:?}: expected auto, tract or onnxruntime"))?,
+        None => cfg
+            .as_ref()
+            .map_or(BackendChoice::Auto, |c| c.matching.backend),
+    };
+    let ort = a
+        .ort_library
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.matching.ort_library.clone()));
+    Ok((contract, backend, ort))
+}
+
+fn cli_data_dir(a: &ModelArgs) -> Result<PathBuf> {
+    if let Some(d) = &a.data_dir {
+        return Ok(d.clone());
+    }
+    if a.config.is_file() {
+        return Ok(Config::load(&a.config, &Overrides::default())?.data_dir);
+    }
+    Ok(PathBuf::from(riac_node::config::DEFAULT_DATA_DIR))
+}
+
+async fn open_store(data_dir: &Path) -> Result<riac_node::store::Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let db = data_dir.join("riac-node.db");
+    let store = tokio::task::spawn_blocking(move || riac_node::store::Store::open(&db))
+        .await
+        .context("opening the database")??;
+    Ok(store)
+}
+
+async fn load_model(a: &ModelArgs) -> Result<riac_node::matching::EmbeddingModel> {
+    let (contract, backend, ort) = model_choice(a)?;
+    let m = tokio::task::spawn_blocking(move || {
+        let b = riac_node::matching::resolve_backend(backend, ort.as_deref())?;
+        riac_node::matching::EmbeddingModel::load(&contract, b)
+    })
+    .await
+    .context("loading the model")??;
+    Ok(m)
+}
+
+async fn library(what: LibraryWhat) -> Result<()> {
+    use riac_node::matching::cli;
+    match what {
+        LibraryWhat::Import { dir, model } => {
+            let data_dir = cli_data_dir(&model)?;
+            let m = std::sync::Arc::new(load_model(&model).await?);
+            let store = open_store(&data_dir).await?;
+            let r = cli::import_dir(&store, &data_dir, m, &dir).await;
+            store.close().await;
+            let r = r?;
+            for (file, why) in &r.skipped {
+                eprintln!("skipped {file}: {why}");
+            }
+            println!(
+                "library {}: {} added, {} replaced, {} unchanged, {} skipped",
+                data_dir.display(),
+                r.added.len(),
+                r.replaced.len(),
+                r.unchanged.len(),
+                r.skipped.len()
+            );
+            Ok(())
+        }
+        LibraryWhat::List { model, json } => {
+            let data_dir = cli_data_dir(&model)?;
+            let store = open_store(&data_dir).await?;
+            let refs = cli::list(&store).await;
+            store.close().await;
+            let refs = refs?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&refs)?);
+            } else {
+                for r in &refs {
+                    println!(
+                        "{}\t{}\t{} tiles\tfill {:.2}\t{}",
+                        r.reference_id,
+                        r.hs_code,
+                        r.tile_count,
+                        r.fill,
+                        r.description.as_deref().unwrap_or("")
+                    );
+                }
+                println!("{} reference(s) in {}", refs.len(), data_dir.display());
+            }
+            Ok(())
+        }
+        LibraryWhat::Remove { ids, model } => {
+            let data_dir = cli_data_dir(&model)?;
+            let store = open_store(&data_dir).await?;
+            let missing = cli::remove(&store, &data_dir, &ids).await;
+            store.close().await;
+            let missing = missing?;
+            println!("removed {}", ids.len() - missing.len());
+            if !missing.is_empty() {
+                bail!("not in the library: {}", missing.join(", "));
+            }
+            Ok(())
+        }
+        LibraryWhat::ExportTiles {
+            dir,
+            out,
+            tile,
+            stride,
+            pixel_mm,
+        } => {
+            let p = riac_node::matching::Preproc {
+                pixel_mm,
+                tile,
+                stride,
+                clip: [0.0, 8.0],
+            };
+            let n = tokio::task::spawn_blocking(move || cli::export_tiles(&dir, &out, &p))
+                .await
+                .context("exporting tiles")??;
+            println!("{n} tiles");
+            Ok(())
+        }
+    }
+}
+
+async fn match_one(sidecar: &Path, a: &ModelArgs, json: bool, embeddings: bool) -> Result<()> {
+    let data_dir = cli_data_dir(a)?;
+    if !data_dir.join("riac-node.db").is_file() {
+        bail!(
+            "{} has no riac-node.db: give the data dir that holds the library (--data-dir), or import references first with `riac-node library import DIR --data-dir DIR`",
+            data_dir.display()
+        );
+    }
+    let model = load_model(a).await?;
+    let store = open_store(&data_dir).await?;
+    let cfg_params = if a.config.is_file() {
+        Config::load(&a.config, &Overrides::default())?
+            .matching
+            .params
+    } else {
+        riac_node::matching::CheckParams::default()
+    };
+    let matcher = riac_node::matching::Matcher::new(model, cfg_params, store.clone());
+    let sc = sidecar.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || {
+        riac_node::matching::cli::match_drop(&matcher, &sc, embeddings)
+    })
+    .await
+    .context("matching")?;
+    store.close().await;
+    let out = r?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let m = &out.manifest;
+    println!("scan {}: {}", out.scan_id, out.outcome.as_str());
+    println!(
+        "manifest: {:?} (confidence {}), declared {}",
+        m.status,
+        m.confidence.map_or("-".into(), |c| format!("{c:.2}")),
+        m.declared_hs_codes.join(", ")
+    );
+    if let Some(r) = &m.reason {
+        println!("  {r}");
+    }
+    if let Some(e) = &m.empty {
+        println!(
+            "empty check: {:?}, fill {}",
+            e.status,
+            e.fill.map_or("-".into(), |f| format!("{:.1}%", f * 100.0))
+        );
+    }
+    for t in &m.top_matches {
+        println!(
+            "  {:.4}  {}  {}",
+            t.score,
+            t.hs_code,
+            t.reference_id.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "model {} {} ({}), library {} references / {} tiles; {:.0} ms (embed {:.0}, search {:.0})",
+        out.model.name,
+        out.model.version,
+        out.backend,
+        out.library.references,
+        out.library.tiles,
+        out.timings_ms.total_ms,
+        out.timings_ms.prepare_and_embed_ms,
+        out.timings_ms.search_ms
+    );
+    Ok(())
+}
+
 async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: bool) -> Result<()> {
     if !(interval_secs > 0.05 && interval_secs < 3600.0) {
         bail!("--interval-secs {interval_secs}: expected more than 0.05 and less than 3600");
@@ -523,6 +908,11 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     raw.node.site_id = Some("KHI".into());
     let mut cfg = Config::from_raw(raw, &ov)?;
     cfg.ingest.settle = Duration::from_millis(300);
+    let bundled = riac_node::matching::bundled_model();
+    let with_model = bundled.is_file();
+    if with_model {
+        cfg.matching.model = Some(bundled);
+    }
     init_logging(cfg.log_format, &cfg.log_level);
     let hot = cfg.hot_folder.clone();
     let data_dir = cfg.data_dir.clone();
@@ -549,6 +939,38 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
     }
+    if with_model {
+        // A reference library of simulator scans, so the manifest check has something to
+        // compare with; every third demo scan is then declared as the wrong goods.
+        let t0 = std::time::Instant::now();
+        let model = load_model(&ModelArgs {
+            data_dir: None,
+            config: PathBuf::from("/nonexistent"),
+            model: None,
+            backend: Some("tract".into()),
+            ort_library: None,
+        })
+        .await?;
+        let r = riac_node::matching::cli::seed_from_simulator(
+            &node.store,
+            &data_dir,
+            std::sync::Arc::new(model),
+            &riac_node::matching::cli::DEMO_CLASSES,
+            2,
+            // References need not be as sharp as the demo scans: the model works at 20 mm.
+            resolution_scale.min(0.35),
+            4242,
+        )
+        .await?;
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "  reference library: {} simulator scans of {} goods classes ({:.1}s)\n",
+            r.added.len() + r.unchanged.len(),
+            riac_node::matching::cli::DEMO_CLASSES.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
 
     let sim_token = token.clone();
     let feeder = tokio::spawn(async move {
@@ -571,6 +993,8 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
                 let r = if make_pair {
                     let p = sim.next_transit_pair();
                     p.entry.write_to(&hot).and_then(|_| p.exit.write_to(&hot))
+                } else if with_model {
+                    riac_node::matching::cli::demo_drop(&mut sim, n).write_to(&hot)
                 } else {
                     sim.next_drop().write_to(&hot)
                 };
@@ -600,6 +1024,7 @@ async fn simulate(
     token: Option<String>,
     count: usize,
     pairs: bool,
+    goods: Option<String>,
 ) -> Result<()> {
     if out.is_none() && post.is_none() {
         bail!("give --out DIR (write drops) or --post URL (send them to a node)");
@@ -611,7 +1036,9 @@ async fn simulate(
     let mut sim = Simulator::new(opts);
     for _ in 0..count {
         let (single, pair) = tokio::task::block_in_place(|| {
-            if pairs {
+            if let Some(code) = &goods {
+                (sim.next_drop_of_class(code), None)
+            } else if pairs {
                 (None, Some(sim.next_transit_pair()))
             } else {
                 (Some(sim.next_drop()), None)
@@ -625,7 +1052,7 @@ async fn simulate(
         let drops: Vec<&SimDrop> = match (&single, &pair) {
             (Some(d), _) => vec![d],
             (None, Some(p)) => vec![&p.entry, &p.exit],
-            (None, None) => unreachable!("one of the two is made"),
+            (None, None) => bail!("the simulator could not load a truck with the asked goods"),
         };
         for d in drops {
             if let Some(dir) = &out {

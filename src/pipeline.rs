@@ -6,16 +6,16 @@
 //! Checks that are not available are reported as such in the verdict's `reasons`, with
 //! `refer` as the outcome: the node never invents a score.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::matching::{Contribution, Matcher};
 use crate::metrics::Metrics;
-use crate::scan::verdict::{
-    ManifestResult, ManifestStatus, Outcome, Verdict, VerdictDeclaration, VERDICT_SCHEMA,
-};
+use crate::scan::verdict::{Outcome, Verdict, VerdictDeclaration, VERDICT_SCHEMA};
 use crate::store::scans::ScanRecord;
 use crate::store::verdicts::VerdictSigner;
 use crate::store::{self, Store, StoreError};
@@ -39,6 +39,9 @@ pub struct Pipeline {
     pub identity: NodeIdentity,
     /// Signs each verdict as it joins the chain (the node key); `None` leaves them unsigned.
     pub signer: Option<Arc<dyn VerdictSigner>>,
+    /// The manifest check; `None` when no model is configured (the check does not run).
+    pub matcher: Option<Arc<Matcher>>,
+    pub data_dir: PathBuf,
 }
 
 impl Pipeline {
@@ -75,7 +78,8 @@ impl Pipeline {
         if scan.state == "decided" {
             return Ok(());
         }
-        let verdict = auto_verdict(&scan, &self.identity);
+        let manifest = self.manifest_check(&scan).await;
+        let verdict = auto_verdict(&scan, &self.identity, manifest);
         let topic = self.identity.verdict_topic();
         let signer = self.signer.clone();
         let stored = self
@@ -96,6 +100,25 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// The manifest and empty-container checks, off the runtime (one scan at a time: the
+    /// queue in front of the pipeline is the bound).
+    async fn manifest_check(&self, scan: &ScanRecord) -> Contribution {
+        let declared = crate::matching::declared_codes(scan.sidecar.as_ref());
+        let Some(m) = self.matcher.clone() else {
+            return crate::matching::not_run(declared, "no embedding model is loaded on this node");
+        };
+        let (dir, rec) = (self.data_dir.clone(), scan.clone());
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || m.check_stored_scan(&dir, &rec)).await;
+        self.metrics.observe_stage("match", started.elapsed());
+        r.unwrap_or_else(|e| {
+            tracing::error!(scan_id = %scan.scan_id, error = %e, "manifest check panicked");
+            crate::matching::not_run(declared, "the matching failed on this node (see its log)")
+        })
+    }
+}
+
 /// Queues every stored-but-undecided scan (called once at start, before intake opens).
 pub async fn requeue_undecided(
     store: &Store,
@@ -111,32 +134,25 @@ pub async fn requeue_undecided(
     Ok(n)
 }
 
-/// The automatic verdict from the checks this build can run.
-pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
-    let declared: Vec<String> = scan
-        .sidecar
-        .as_ref()
-        .and_then(|s| s.pointer("/declaration/goods"))
-        .and_then(|g| g.as_array())
-        .map(|goods| {
-            goods
-                .iter()
-                .filter_map(|g| {
-                    g.get("hs_code")
-                        .and_then(|h| h.as_str())
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let manifest_reason =
-        "manifest check not run: no embedding model is loaded on this node".to_string();
-    let mut reasons = vec![manifest_reason.clone()];
+/// The automatic verdict from the checks this build can run. Outcome policy: `alert` if any
+/// check says alert, `refer` if any check refers or did not run, else `clear`.
+pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity, manifest: Contribution) -> Verdict {
+    let mut reasons = manifest.reasons.clone();
+    let mut outcomes = vec![manifest.outcome];
     if scan.regime == "transit" && scan.direction == "exit" {
         reasons.push(
             "transit check not run: entry/exit comparison is not available in this build".into(),
         );
+        outcomes.push(Outcome::Refer);
     }
+    let outcome = if outcomes.contains(&Outcome::Alert) {
+        Outcome::Alert
+    } else if outcomes.contains(&Outcome::Refer) {
+        Outcome::Refer
+    } else {
+        Outcome::Clear
+    };
+    let model = manifest.model.clone();
     Verdict {
         schema: VERDICT_SCHEMA.to_string(),
         verdict_id: uuid::Uuid::now_v7().to_string(),
@@ -150,17 +166,12 @@ pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
             regime: scan.regime.clone(),
         },
         decided_at: store::now_rfc3339(),
-        outcome: Outcome::Refer,
+        outcome,
         decided_by: "auto".into(),
         reasons,
-        manifest: ManifestResult {
-            status: ManifestStatus::Unknown,
-            declared_hs_codes: declared,
-            top_matches: Vec::new(),
-            reason: Some(manifest_reason),
-        },
+        manifest: manifest.manifest,
         transit: None,
-        model: None,
+        model,
         supersedes: None,
         note: None,
         prev_hash: String::new(),

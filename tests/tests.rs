@@ -7,6 +7,7 @@ mod api;
 mod capture;
 mod daemon;
 mod dicom;
+mod matching;
 mod rejects;
 mod ui;
 mod uplink;

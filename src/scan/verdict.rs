@@ -56,6 +56,47 @@ pub struct ManifestResult {
     /// Why the status is what it is, in words an operator reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How sure the check is of `status` (0..1); absent when the check did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Share of the match evidence on the declared HS headings (4 digits), 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading_probability: Option<f64>,
+    /// Share of the match evidence on the declared HS chapters (2 digits), 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chapter_probability: Option<f64>,
+    /// Cargo tiles of this scan that were matched against the library.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<u32>,
+    /// Declared empty vs. what the cargo space holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty: Option<EmptyCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyStatus {
+    /// Declared empty and empty, or declared loaded and loaded.
+    Consistent,
+    /// Declared empty (HS 8609 or no goods) but the cargo space holds goods.
+    LoadedButDeclaredEmpty,
+    /// Goods declared but the cargo space is empty.
+    EmptyButDeclaredLoaded,
+    /// The fill is between the empty and loaded thresholds.
+    Unclear,
+    /// No cargo space was found in the image.
+    NotRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmptyCheck {
+    pub status: EmptyStatus,
+    pub declared_empty: bool,
+    /// Share of the cargo band that holds matter denser than a container's walls (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

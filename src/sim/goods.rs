@@ -6,7 +6,7 @@
 use rand::{Rng, SeedableRng};
 
 use super::geom::{bbox_of, deg, mu, od_integral, Prim, Shapes, Tex, LEAD, OD_MM2_PER_GRAM, STEEL};
-use super::vehicle::wheel;
+use super::vehicle::{wheel, UnitKind};
 use super::{chance, uni, SimRng};
 
 /// Cargo path across a container's inside width (mm), less the gaps between packages.
@@ -28,6 +28,8 @@ pub(crate) enum Goods {
     Tiles,
     PaperRolls,
     Machinery,
+    /// Soft drinks in PET bottles, shrink-wrapped packs on pallets.
+    BottledDrinks,
     Empty,
     /// Undeclared goods: what a tampered load gains.
     Concealed,
@@ -50,6 +52,7 @@ impl Goods {
             Goods::Tiles => "6907.21",
             Goods::PaperRolls => "4804.11",
             Goods::Machinery => "8429.52",
+            Goods::BottledDrinks => "2202.10",
             Goods::Empty => "8609.00",
             Goods::Concealed => "9999.00",
         }
@@ -71,8 +74,49 @@ impl Goods {
             Goods::Tiles => "ceramic tiles",
             Goods::PaperRolls => "kraft paper in rolls",
             Goods::Machinery => "excavators and parts",
+            Goods::BottledDrinks => "soft drinks in PET bottles",
             Goods::Empty => "empty container",
             Goods::Concealed => "undeclared package",
+        }
+    }
+
+    /// Every class a declaration can name (all but [`Goods::Concealed`]).
+    pub const DECLARABLE: [Goods; 16] = [
+        Goods::Cars,
+        Goods::Tyres,
+        Goods::Garments,
+        Goods::Electronics,
+        Goods::Cigarettes,
+        Goods::Rice,
+        Goods::Fertiliser,
+        Goods::SteelCoils,
+        Goods::SteelRods,
+        Goods::Bananas,
+        Goods::Furniture,
+        Goods::Tiles,
+        Goods::PaperRolls,
+        Goods::Machinery,
+        Goods::BottledDrinks,
+        Goods::Empty,
+    ];
+
+    /// The carriers this class travels in, for scans of one chosen class.
+    pub fn carriers(self) -> &'static [UnitKind] {
+        use UnitKind::*;
+        match self {
+            Goods::Bananas => &[Reefer40, BoxBody],
+            Goods::Cars => &[Dry40, HighCube40, Dry20],
+            Goods::SteelCoils | Goods::Tiles => &[Dry20, Flatbed],
+            Goods::SteelRods | Goods::Machinery | Goods::PaperRolls => &[Dry20, Dry40, Flatbed],
+            Goods::Fertiliser => &[Dry20, Dry40],
+            Goods::BottledDrinks => &[Dry20, Dry40, BoxBody],
+            Goods::Empty | Goods::Concealed => &[Dry20, Dry40, HighCube40],
+            Goods::Tyres
+            | Goods::Garments
+            | Goods::Electronics
+            | Goods::Cigarettes
+            | Goods::Rice
+            | Goods::Furniture => &[Dry20, Dry40, HighCube40, BoxBody],
         }
     }
 
@@ -119,6 +163,7 @@ impl Goods {
             Goods::Tiles => tiles(rng, &mut st, ctx),
             Goods::PaperRolls => paper(rng, &mut st, ctx),
             Goods::Machinery => machinery(rng, &mut st, ctx),
+            Goods::BottledDrinks => bottled_drinks(rng, &mut st, ctx),
             Goods::Empty | Goods::Concealed => Vec::new(),
         };
         items
@@ -1409,6 +1454,76 @@ fn machinery(rng: &mut SimRng, _st: &mut SimRng, ctx: &Ctx) -> Vec<Item> {
     let mut it = Item::from_shapes(Goods::Machinery, s, 1);
     it.y = 0.0;
     vec![it]
+}
+
+/// Pallets of shrink-wrapped bottle packs, one or two pallets high. Seen from the side, each
+/// layer is a band of liquid (the beam crosses some thirty bottles of it) topped by a lighter
+/// band of shoulders and necks with the caps above, then a slip sheet: a banding with the
+/// bottle height as period, which no other class has at that density.
+fn bottled_drinks(rng: &mut SimRng, st: &mut SimRng, ctx: &Ctx) -> Vec<Item> {
+    let w = pick(st, &[1000.0, 1200.0]);
+    if w > ctx.max_w {
+        return Vec::new();
+    }
+    // 0.5 l, 1.5 l and 2 l bottles: height and diameter (mm).
+    let (bh, bd) = pick(st, &[(225.0, 65.0), (310.0, 90.0), (335.0, 105.0)]);
+    let liquid = mu(1.0) * ACROSS * uni(st, 0.5, 0.62);
+    let pack_w = bd * pick(st, &[2.0, 3.0, 4.0]);
+    let layers_per_pallet = rng.random_range(4..=6);
+    let pallet_h = 144.0 + layers_per_pallet as f32 * (bh + 4.0);
+    let levels = if 2.0 * pallet_h + 150.0 < ctx.max_h && chance(rng, 0.6) {
+        2
+    } else {
+        1
+    };
+    if pallet_h > ctx.max_h {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for level in 0..levels {
+        let mut s = Shapes::default();
+        let y0 = level as f32 * (pallet_h + 10.0);
+        let mut y = pallet(&mut s, 0.0, w, y0, 2.0);
+        let mut packs = 0;
+        for _ in 0..layers_per_pallet {
+            let mut x = 0.0;
+            while x + 0.5 * pack_w <= w {
+                let x1 = (x + pack_w).min(w);
+                // Packs are a little fuller or emptier; film gaps between them.
+                let k = uni(rng, 0.93, 1.07);
+                let body = s.rect(x + 3.0, y, x1 - 3.0, y + 0.7 * bh, liquid * k);
+                body.tex = Tex::Stripes {
+                    period: bd,
+                    amp: 0.12,
+                    along_y: false,
+                    phase: uni(rng, 0.0, 1.0),
+                };
+                body.tex2 = noise(rng, 40.0, 0.04);
+                // Shoulders taper: less liquid towards the neck.
+                s.rect(
+                    x + 3.0,
+                    y + 0.7 * bh,
+                    x1 - 3.0,
+                    y + 0.82 * bh,
+                    0.45 * liquid * k,
+                );
+                s.rect(
+                    x + 3.0,
+                    y + 0.82 * bh,
+                    x1 - 3.0,
+                    y + 0.95 * bh,
+                    0.08 * liquid,
+                );
+                s.rect(x + 3.0, y + 0.95 * bh, x1 - 3.0, y + bh, 0.5).tex = noise(rng, 8.0, 0.3);
+                packs += 1;
+                x += pack_w;
+            }
+            s.rect(0.0, y + bh, w, y + bh + 4.0, 0.45);
+            y += bh + 4.0;
+        }
+        out.push(Item::from_shapes(Goods::BottledDrinks, s, packs));
+    }
+    out
 }
 
 /// An undeclared package hidden in a load: drug bricks, weapon parts or a dense block.

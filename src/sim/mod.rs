@@ -5,6 +5,7 @@
 //! must never ingest, judge or store scans, nor read the node's config: everything it needs
 //! comes in through [`SimOptions`] (and the clock, which [`Simulator::with_clock`] fixes).
 
+mod classes;
 mod geom;
 mod goods;
 mod scanner;
@@ -24,6 +25,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
+pub use classes::{goods_classes, redeclare, rename, GoodsClass};
 use goods::Goods;
 use scanner::{make_grid, render, Pass, ScannerModel};
 use scene::{Scene, TamperKind};

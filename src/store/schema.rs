@@ -156,6 +156,27 @@ const MIGRATIONS: &[&str] = &[
         reply       TEXT NOT NULL           -- the reply JSON as queued
     );
     "#,
+    // 5: the reference library for manifest matching (src/matching/library.rs): one row per
+    // reference scan, its tile embeddings as little-endian f32 blobs, its thumbnail file.
+    r#"
+    CREATE TABLE library_refs (
+        reference_id  TEXT PRIMARY KEY,  -- the reference drop's scan_id
+        hs_code       TEXT NOT NULL,     -- its declared HS code: the label
+        description   TEXT,
+        imported_at   TEXT NOT NULL,
+        source_sha256 TEXT NOT NULL,     -- sidecar + image bytes: an unchanged re-import is a no-op
+        model_sha256  TEXT NOT NULL,     -- the model that made the embeddings
+        dim           INTEGER NOT NULL,
+        tile_count    INTEGER NOT NULL,
+        fill          REAL NOT NULL,     -- share of the cargo band that holds cargo
+        width         INTEGER NOT NULL,
+        height        INTEGER NOT NULL,
+        thumbnail     TEXT NOT NULL,     -- relative to the data dir
+        descriptor    BLOB NOT NULL,     -- scan descriptor, dim f32
+        tiles         BLOB NOT NULL      -- tile_count * dim f32
+    );
+    CREATE INDEX library_refs_hs ON library_refs(hs_code);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -460,7 +460,14 @@ pub async fn fill_backlog(
                         outcome: None,
                         sidecar: Some(sidecar),
                     };
-                    let v = auto_verdict(&rec, &me);
+                    let v = auto_verdict(
+        &rec,
+        &me,
+        crate::matching::not_run(
+            crate::matching::declared_codes(rec.sidecar.as_ref()),
+            "no model in this test",
+        ),
+    );
                     crate::store::verdicts::insert_with_outbox(t, v, &topic, Some(key.as_ref()))?;
                 }
                 Ok(())

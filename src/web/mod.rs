@@ -145,6 +145,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status::api))
         // uplink (MQTT) status for the UI's status page
         .route("/api/v1/uplink", get(crate::uplink::api::status))
+        // The reference library (src/matching/http.rs), for the manifest view.
+        .route("/api/v1/library", get(crate::matching::http::list))
+        .route(
+            "/api/v1/library/{reference_id}/image.png",
+            get(crate::matching::http::image),
+        )
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -63,7 +63,14 @@ async fn ingest(st: &AppState, d: &crate::sim::SimDrop) {
         node_id: st.cfg.node_id.clone(),
         site_id: st.cfg.site_id.clone(),
     };
-    let v = auto_verdict(&scan, &me);
+    let v = auto_verdict(
+        &scan,
+        &me,
+        crate::matching::not_run(
+            crate::matching::declared_codes(scan.sidecar.as_ref()),
+            "no model in this test",
+        ),
+    );
     let topic = me.verdict_topic();
     st.store
         .write(move |t| store::verdicts::insert_with_outbox(t, v, &topic, None))
