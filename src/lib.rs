@@ -4,6 +4,7 @@
 //! configured deadline, and closes the database last. See docs/ARCHITECTURE.md.
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod imaging;
 pub mod ingest;

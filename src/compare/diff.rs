@@ -1,0 +1,433 @@
+//! The change map between an entry scan and its registered exit scan, on the entry's
+//! analysis grid, inside the load carriers only: the exit's response curve is fitted to the
+//! entry's (robust cubic through zero: gain, dark offset and gamma differ between scanner
+//! models), then a tolerant difference (a pixel counts only if it lies outside the range of
+//! the other scan within a few pixels, in both directions) keeps residual misalignment and
+//! settling out, and is scaled by the noise measured at each attenuation. Connected areas
+//! of significant difference become changed regions. Pure computation.
+
+use image::{GrayImage, Luma};
+use imageproc::region_labelling::{connected_components, Connectivity};
+
+use super::layout::Span;
+use super::plane::{median, quantile, Plane};
+
+/// Radius of the tolerance window (analysis pixels, ~10 mm each): what settling and
+/// registration may leave misaligned without counting as a change.
+pub const TOLERANCE_PX: usize = 2;
+
+/// The compared area: per carrier, its columns and rows from the roof to just below the
+/// floor.
+#[derive(Debug, Clone)]
+pub struct Roi {
+    pub rects: Vec<[usize; 4]>,
+    pub w: usize,
+    pub h: usize,
+}
+
+impl Roi {
+    pub fn from_spans(spans: &[Span], w: usize, h: usize) -> Roi {
+        let rects = spans
+            .iter()
+            .map(|s| {
+                let y0 = (s.roof.floor().max(0.0) as usize).min(h);
+                let y1 = ((s.floor.ceil() as usize) + 2).min(h);
+                [s.c0.min(w), y0, s.c1.min(w), y1]
+            })
+            .collect();
+        Roi { rects, w, h }
+    }
+
+    pub fn contains(&self, x: usize, y: usize) -> bool {
+        self.rects
+            .iter()
+            .any(|r| x >= r[0] && x < r[2] && y >= r[1] && y < r[3])
+    }
+
+    /// Every pixel of the area, row by row.
+    pub fn pixels(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.rects
+            .iter()
+            .flat_map(|r| (r[1]..r[3]).flat_map(move |y| (r[0]..r[2]).map(move |x| (x, y))))
+    }
+
+    pub fn area(&self) -> usize {
+        self.rects
+            .iter()
+            .map(|r| (r[2] - r[0]) * (r[3] - r[1]))
+            .sum()
+    }
+}
+
+/// entry ≈ c1 x + c2 x² + c3 x³ (x: exit attenuation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Response {
+    pub c: [f64; 3],
+}
+
+impl Response {
+    #[inline]
+    pub fn apply(&self, x: f32) -> f32 {
+        let x = x as f64;
+        (x * (self.c[0] + x * (self.c[1] + x * self.c[2]))) as f32
+    }
+
+    fn monotone_up_to(&self, top: f64) -> bool {
+        (0..=40).all(|k| {
+            let t = top * k as f64 / 40.0;
+            self.c[0] + 2.0 * self.c[1] * t + 3.0 * self.c[2] * t * t > 0.05
+        })
+    }
+}
+
+/// Solves the 3x3 system `m z = r` (Gaussian elimination with pivoting).
+fn solve3(mut m: [[f64; 3]; 3], mut r: [f64; 3]) -> Option<[f64; 3]> {
+    for col in 0..3 {
+        let piv = (col..3).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+        if m[piv][col].abs() < 1e-12 {
+            return None;
+        }
+        m.swap(col, piv);
+        r.swap(col, piv);
+        for row in col + 1..3 {
+            let f = m[row][col] / m[col][col];
+            for k in col..3 {
+                m[row][k] -= f * m[col][k];
+            }
+            r[row] -= f * r[col];
+        }
+    }
+    let mut z = [0.0; 3];
+    for row in (0..3).rev() {
+        let mut s = r[row];
+        for k in row + 1..3 {
+            s -= m[row][k] * z[k];
+        }
+        z[row] = s / m[row][row];
+    }
+    Some(z)
+}
+
+/// Fits the exit's response onto the entry's over `roi` (every other pixel), by iteratively
+/// reweighted least squares with Huber weights so that changed areas do not bend the curve.
+pub fn fit_response(e: &Plane, x: &Plane, roi: &Roi) -> Response {
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for (i, (px, py)) in roi.pixels().enumerate() {
+        if i % 2 == 0 {
+            xs.push(x.at(px, py) as f64);
+            ys.push(e.at(px, py) as f64);
+        }
+    }
+    let linear = |w: &[f64]| -> Response {
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for i in 0..xs.len() {
+            sxy += w[i] * xs[i] * ys[i];
+            sxx += w[i] * xs[i] * xs[i];
+        }
+        Response {
+            c: [if sxx > 0.0 { sxy / sxx } else { 1.0 }, 0.0, 0.0],
+        }
+    };
+    if xs.len() < 50 {
+        return Response { c: [1.0, 0.0, 0.0] };
+    }
+    let mut wts = vec![1.0f64; xs.len()];
+    let mut fit = linear(&wts);
+    let mut top = xs.iter().cloned().fold(0.0, f64::max);
+    top = top.max(1e-3);
+    for _ in 0..6 {
+        let mut m = [[0.0f64; 3]; 3];
+        let mut r = [0.0f64; 3];
+        for i in 0..xs.len() {
+            let t = xs[i];
+            let b = [t, t * t, t * t * t];
+            for p in 0..3 {
+                r[p] += wts[i] * b[p] * ys[i];
+                for q in 0..3 {
+                    m[p][q] += wts[i] * b[p] * b[q];
+                }
+            }
+        }
+        let cand = solve3(m, r).map(|c| Response { c });
+        fit = match cand {
+            Some(f) if f.monotone_up_to(top) => f,
+            _ => linear(&wts),
+        };
+        let mut res: Vec<f32> = xs
+            .iter()
+            .zip(&ys)
+            .map(|(&t, &y)| (y - fit.apply(t as f32) as f64).abs() as f32)
+            .collect();
+        let s = (1.4826 * median(&mut res) as f64).max(0.005);
+        let k = 2.0 * s;
+        for i in 0..xs.len() {
+            let r = (ys[i] - fit.apply(xs[i] as f32) as f64).abs();
+            wts[i] = if r <= k { 1.0 } else { k / r };
+        }
+    }
+    fit
+}
+
+/// Signed tolerant difference (entry minus exit): non-zero only where each scan lies
+/// outside the other's range within `r` pixels, and then the smaller of the two excesses.
+pub fn tolerant_diff(e: &Plane, x: &Plane, r: usize) -> Plane {
+    let (emin, emax) = (e.min_max_filter(r, false), e.min_max_filter(r, true));
+    let (xmin, xmax) = (x.min_max_filter(r, false), x.min_max_filter(r, true));
+    let mut out = Plane::new(e.w, e.h);
+    for i in 0..e.v.len() {
+        let ev = e.v[i];
+        let xv = x.v[i];
+        let d1 = ev - ev.clamp(xmin.v[i], xmax.v[i]);
+        let d2 = xv.clamp(emin.v[i], emax.v[i]) - xv;
+        out.v[i] = if d1 > 0.0 && d2 > 0.0 {
+            d1.min(d2)
+        } else if d1 < 0.0 && d2 < 0.0 {
+            d1.max(d2)
+        } else {
+            0.0
+        };
+    }
+    out
+}
+
+/// Noise of `e - x` as a function of the entry's attenuation, by bins, from the median
+/// absolute residual: what two scans of the same thing disagree by.
+#[derive(Debug, Clone)]
+pub struct NoiseModel {
+    top: f32,
+    sigma: Vec<f32>,
+}
+
+impl NoiseModel {
+    const BINS: usize = 16;
+    pub const FLOOR: f32 = 0.01;
+
+    pub fn measure(e: &Plane, x: &Plane, roi: &Roi) -> NoiseModel {
+        let mut vals: Vec<f32> = roi.pixels().map(|(px, py)| e.at(px, py)).collect();
+        let top = quantile(&mut vals, 0.995).max(0.1);
+        let mut bins: Vec<Vec<f32>> = vec![Vec::new(); Self::BINS];
+        for (i, (px, py)) in roi.pixels().enumerate() {
+            if i % 2 != 0 {
+                continue;
+            }
+            let ev = e.at(px, py);
+            let b = ((ev / top * Self::BINS as f32) as usize).min(Self::BINS - 1);
+            bins[b].push((ev - x.at(px, py)).abs());
+        }
+        let mut sigma: Vec<f32> = bins
+            .iter_mut()
+            .map(|b| {
+                if b.len() < 30 {
+                    f32::NAN
+                } else {
+                    (1.4826 * median(b)).max(Self::FLOOR)
+                }
+            })
+            .collect();
+        // Empty bins take the nearest measured one.
+        let known: Vec<usize> = (0..Self::BINS).filter(|&i| sigma[i].is_finite()).collect();
+        for i in 0..Self::BINS {
+            if !sigma[i].is_finite() {
+                sigma[i] = known
+                    .iter()
+                    .min_by_key(|&&k| k.abs_diff(i))
+                    .map_or(Self::FLOOR * 4.0, |&k| sigma[k]);
+            }
+        }
+        NoiseModel { top, sigma }
+    }
+
+    #[inline]
+    pub fn at(&self, att: f32) -> f32 {
+        let b = ((att / self.top * Self::BINS as f32).max(0.0) as usize).min(Self::BINS - 1);
+        self.sigma[b]
+    }
+}
+
+/// Thresholds of the change map (attenuation units and multiples of the noise).
+#[derive(Debug, Clone, Copy)]
+pub struct MapParams {
+    /// A pixel belongs to a change above max(low_abs, low_sigma x noise).
+    pub low_abs: f32,
+    pub low_sigma: f32,
+    /// A change needs pixels above max(high_abs, high_sigma x noise).
+    pub high_abs: f32,
+    pub high_sigma: f32,
+    /// ...at least this many of them (analysis pixels).
+    pub min_seed_px: usize,
+}
+
+/// One connected changed area, in analysis pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blob {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+    pub pixels: usize,
+    /// Sum of |difference| over the blob (attenuation x pixels).
+    pub sum_abs: f64,
+    /// Mean signed difference: > 0 the entry held more (something removed), < 0 added.
+    pub mean_signed: f64,
+    pub peak: f32,
+}
+
+/// Smoothed significance of the difference: |d| over the local noise, box-averaged over
+/// 3x3 so that isolated noisy pixels fall below the thresholds and areas do not.
+pub fn significance(d: &Plane, e: &Plane, noise: &NoiseModel, roi: &Roi) -> (Plane, Plane) {
+    let sm = d.box_mean(1, 1);
+    let mut abs = Plane::new(d.w, d.h);
+    let mut z = Plane::new(d.w, d.h);
+    for (x, y) in roi.pixels() {
+        let v = sm.at(x, y).abs();
+        abs.set(x, y, v);
+        z.set(x, y, v / noise.at(e.at(x, y)));
+    }
+    (abs, z)
+}
+
+/// Connected areas of change. `abs` is |smoothed difference|, `z` its significance.
+pub fn blobs(abs: &Plane, z: &Plane, signed: &Plane, p: &MapParams) -> Vec<Blob> {
+    let (w, h) = (abs.w, abs.h);
+    let mut low = GrayImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let (a, s) = (abs.at(x, y), z.at(x, y));
+            if a > p.low_abs && s > p.low_sigma {
+                low.put_pixel(x as u32, y as u32, Luma([255]));
+            }
+        }
+    }
+    // Bridge gaps of a couple of pixels so that one changed object is one region.
+    let closed = imageproc::morphology::close(&low, imageproc::distance_transform::Norm::LInf, 2);
+    let labels = connected_components(&closed, Connectivity::Eight, Luma([0u8]));
+    let mut acc: Vec<Option<(Blob, usize, f64)>> = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let l = labels.get_pixel(x as u32, y as u32)[0] as usize;
+            if l == 0 || low.get_pixel(x as u32, y as u32)[0] == 0 {
+                continue;
+            }
+            if acc.len() <= l {
+                acc.resize(l + 1, None);
+            }
+            let a = abs.at(x, y);
+            let strong = a > p.high_abs && z.at(x, y) > p.high_sigma;
+            let e = acc[l].get_or_insert_with(|| {
+                (
+                    Blob {
+                        x0: x,
+                        y0: y,
+                        x1: x + 1,
+                        y1: y + 1,
+                        pixels: 0,
+                        sum_abs: 0.0,
+                        mean_signed: 0.0,
+                        peak: 0.0,
+                    },
+                    0,
+                    0.0,
+                )
+            });
+            let b = &mut e.0;
+            b.x0 = b.x0.min(x);
+            b.y0 = b.y0.min(y);
+            b.x1 = b.x1.max(x + 1);
+            b.y1 = b.y1.max(y + 1);
+            b.pixels += 1;
+            b.sum_abs += a as f64;
+            b.peak = b.peak.max(a);
+            e.1 += usize::from(strong);
+            e.2 += signed.at(x, y) as f64;
+        }
+    }
+    acc.into_iter()
+        .flatten()
+        .filter(|(_, strong, _)| *strong >= p.min_seed_px)
+        .map(|(mut b, _, signed_sum)| {
+            b.mean_signed = signed_sum / b.pixels.max(1) as f64;
+            b
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn textured(w: usize, h: usize) -> Plane {
+        let mut p = Plane::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let v = 0.8 + 0.4 * ((x as f32 * 0.31).sin() * (y as f32 * 0.17).cos());
+                p.set(x, y, v);
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn response_curve_is_recovered_despite_a_changed_block() {
+        let e = textured(200, 100);
+        let mut x = e.clone();
+        // Exit scanner: gamma-like compression; plus a block that really changed.
+        for v in x.v.iter_mut() {
+            *v = 0.9 * *v - 0.08 * *v * *v;
+        }
+        for y in 30..60 {
+            for xx in 50..90 {
+                x.set(xx, y, 0.05);
+            }
+        }
+        let roi = Roi {
+            rects: vec![[0, 0, 200, 100]],
+            w: 200,
+            h: 100,
+        };
+        let f = fit_response(&e, &x, &roi);
+        let probe = 0.9 * 1.0 - 0.08;
+        assert!((f.apply(probe) - 1.0).abs() < 0.02, "{f:?}");
+    }
+
+    #[test]
+    fn an_inserted_block_is_found_where_it_is_and_a_shift_is_not() {
+        let e = textured(240, 120);
+        // The exit: shifted by one pixel (residual misalignment), with noise, and with a
+        // dense block inserted at columns 100..140, rows 40..70.
+        let mut x = Plane::new(240, 120);
+        let mut seed = 7u32;
+        for y in 0..120 {
+            for xx in 0..240usize {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let n = ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.02;
+                let mut v = e.at(xx.saturating_sub(1), y) + n;
+                if (100..140).contains(&xx) && (40..70).contains(&y) {
+                    v += 0.6;
+                }
+                x.set(xx, y, v);
+            }
+        }
+        let roi = Roi {
+            rects: vec![[0, 0, 240, 120]],
+            w: 240,
+            h: 120,
+        };
+        let d = tolerant_diff(&e, &x, TOLERANCE_PX);
+        let noise = NoiseModel::measure(&e, &x, &roi);
+        let (abs, z) = significance(&d, &e, &noise, &roi);
+        let p = MapParams {
+            low_abs: 0.06,
+            low_sigma: 4.0,
+            high_abs: 0.15,
+            high_sigma: 8.0,
+            min_seed_px: 20,
+        };
+        let found = blobs(&abs, &z, &d, &p);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let b = &found[0];
+        assert!(b.x0.abs_diff(100) <= 3 && b.x1.abs_diff(140) <= 3, "{b:?}");
+        assert!(b.y0.abs_diff(40) <= 3 && b.y1.abs_diff(70) <= 3, "{b:?}");
+        assert!(b.mean_signed < 0.0, "added matter shows as negative: {b:?}");
+    }
+}
