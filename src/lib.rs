@@ -57,6 +57,9 @@ pub struct Node {
     pub ingestor: Ingestor,
     pub metrics: Metrics,
     pub config: Arc<Config>,
+    /// The transit check: the uplink calls [`compare::transit::Transit::entry_available`]
+    /// with each entry package it stores.
+    pub transit: compare::transit::Transit,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -83,13 +86,18 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     let tracker = TaskTracker::new();
 
     let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
+    let identity = NodeIdentity {
+        node_id: cfg.node_id.clone(),
+        site_id: cfg.site_id.clone(),
+    };
+    let (transit, transit_rx) =
+        compare::transit::Transit::new(&cfg, store.clone(), metrics.clone(), identity.clone());
+    tracker.spawn(transit.clone().run(transit_rx, token.clone()));
     let pipeline = Pipeline {
         store: store.clone(),
         metrics: metrics.clone(),
-        identity: NodeIdentity {
-            node_id: cfg.node_id.clone(),
-            site_id: cfg.site_id.clone(),
-        },
+        identity,
+        transit: transit.clone(),
     };
     tracker.spawn(pipeline.run(rx, token.clone()));
     {
@@ -153,6 +161,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         ingestor,
         metrics,
         config: cfg,
+        transit,
         token,
         tracker,
     })

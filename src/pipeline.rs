@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::compare::transit::{self, Transit, TransitCheck};
 use crate::metrics::Metrics;
 use crate::scan::verdict::{
     ManifestResult, ManifestStatus, Outcome, Verdict, VerdictDeclaration, VERDICT_SCHEMA,
@@ -35,6 +36,7 @@ pub struct Pipeline {
     pub store: Store,
     pub metrics: Metrics,
     pub identity: NodeIdentity,
+    pub transit: Transit,
 }
 
 impl Pipeline {
@@ -71,12 +73,32 @@ impl Pipeline {
         if scan.state == "decided" {
             return Ok(());
         }
-        let verdict = auto_verdict(&scan, &self.identity);
-        let topic = self.identity.verdict_topic();
-        let stored = self
-            .store
-            .write(move |t| store::verdicts::insert_with_outbox(t, verdict, &topic))
-            .await?;
+        let transit_exit = scan.regime == "transit" && scan.direction == "exit";
+        let mut stored = None;
+        // An entry that arrives between the pairing and the commit sends us round again.
+        for _ in 0..3 {
+            let check = if transit_exit {
+                Some(self.transit.check_exit(&scan).await?)
+            } else {
+                None
+            };
+            let verdict = auto_verdict(&scan, &self.identity, check.as_ref());
+            let topic = self.identity.verdict_topic();
+            stored = self
+                .store
+                .write(move |t| transit::store_verdict(t, verdict, &topic))
+                .await?;
+            if stored.is_some() {
+                break;
+            }
+        }
+        let Some(stored) = stored else {
+            tracing::warn!(scan_id, "entry scans keep arriving while this exit is paired; it stays undecided until the next start");
+            return Ok(());
+        };
+        if scan.regime == "transit" && scan.direction == "entry" {
+            self.transit.notify_entry(&scan.scan_id);
+        }
         self.metrics.verdict();
         self.metrics.observe_stage("pipeline", started.elapsed());
         tracing::info!(
@@ -104,8 +126,25 @@ pub async fn requeue_undecided(
     Ok(n)
 }
 
-/// The automatic verdict from the checks this build can run.
-pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
+/// The whole verdict from the checks' contributions: alert if any check says alert; else
+/// refer if any check refers or did not run; else clear.
+pub fn combine(contributions: &[Outcome]) -> Outcome {
+    if contributions.contains(&Outcome::Alert) {
+        Outcome::Alert
+    } else if contributions.contains(&Outcome::Refer) {
+        Outcome::Refer
+    } else {
+        Outcome::Clear
+    }
+}
+
+/// The automatic verdict from the checks this build can run; `transit` is the transit
+/// check of a transit exit scan.
+pub fn auto_verdict(
+    scan: &ScanRecord,
+    me: &NodeIdentity,
+    transit: Option<&TransitCheck>,
+) -> Verdict {
     let declared: Vec<String> = scan
         .sidecar
         .as_ref()
@@ -125,10 +164,11 @@ pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
     let manifest_reason =
         "manifest check not run: no embedding model is loaded on this node".to_string();
     let mut reasons = vec![manifest_reason.clone()];
-    if scan.regime == "transit" && scan.direction == "exit" {
-        reasons.push(
-            "transit check not run: entry/exit comparison is not available in this build".into(),
-        );
+    // The manifest check did not run: it refers.
+    let mut contributions = vec![Outcome::Refer];
+    if let Some(t) = transit {
+        reasons.extend(t.reasons.iter().cloned());
+        contributions.push(t.outcome);
     }
     Verdict {
         schema: VERDICT_SCHEMA.to_string(),
@@ -143,7 +183,7 @@ pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
             regime: scan.regime.clone(),
         },
         decided_at: store::now_rfc3339(),
-        outcome: Outcome::Refer,
+        outcome: combine(&contributions),
         decided_by: "auto".into(),
         reasons,
         manifest: ManifestResult {
@@ -152,7 +192,7 @@ pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity) -> Verdict {
             top_matches: Vec::new(),
             reason: Some(manifest_reason),
         },
-        transit: None,
+        transit: transit.map(|t| t.result.clone()),
         model: None,
         supersedes: None,
         note: None,

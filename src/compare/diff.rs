@@ -31,7 +31,9 @@ impl Roi {
             .iter()
             .map(|s| {
                 let y0 = (s.roof.floor().max(0.0) as usize).min(h);
-                let y1 = ((s.floor.ceil() as usize) + 2).min(h);
+                // Down to the floor, not below: under it are the bottom rails and then
+                // the trailer, which may be another one.
+                let y1 = ((s.floor.ceil() as usize) + 1).min(h);
                 [s.c0.min(w), y0, s.c1.min(w), y1]
             })
             .collect();
@@ -169,21 +171,22 @@ pub fn fit_response(e: &Plane, x: &Plane, roi: &Roi) -> Response {
     fit
 }
 
-/// Signed tolerant difference (entry minus exit): non-zero only where each scan lies
-/// outside the other's range within `r` pixels, and then the smaller of the two excesses.
+/// Signed tolerant difference (entry minus exit): where the entry exceeds everything the
+/// exit shows within `r` pixels, by how much (something was removed); where the exit
+/// exceeds everything the entry shows within `r` pixels, minus that (something was added);
+/// else 0. Misalignment up to `r` pixels cancels; a thin object (a frame, a bar) that one
+/// scan has and the other lacks does not.
 pub fn tolerant_diff(e: &Plane, x: &Plane, r: usize) -> Plane {
-    let (emin, emax) = (e.min_max_filter(r, false), e.min_max_filter(r, true));
-    let (xmin, xmax) = (x.min_max_filter(r, false), x.min_max_filter(r, true));
+    let emax = e.min_max_filter(r, true);
+    let xmax = x.min_max_filter(r, true);
     let mut out = Plane::new(e.w, e.h);
     for i in 0..e.v.len() {
-        let ev = e.v[i];
-        let xv = x.v[i];
-        let d1 = ev - ev.clamp(xmin.v[i], xmax.v[i]);
-        let d2 = xv.clamp(emin.v[i], emax.v[i]) - xv;
-        out.v[i] = if d1 > 0.0 && d2 > 0.0 {
-            d1.min(d2)
-        } else if d1 < 0.0 && d2 < 0.0 {
-            d1.max(d2)
+        let removed = e.v[i] - xmax.v[i];
+        let added = x.v[i] - emax.v[i];
+        out.v[i] = if removed > 0.0 {
+            removed
+        } else if added > 0.0 {
+            -added
         } else {
             0.0
         };
@@ -191,8 +194,9 @@ pub fn tolerant_diff(e: &Plane, x: &Plane, r: usize) -> Plane {
     out
 }
 
-/// Noise of `e - x` as a function of the entry's attenuation, by bins, from the median
-/// absolute residual: what two scans of the same thing disagree by.
+/// Noise of `e - x` as a function of the entry's attenuation, by bins: what two scans of
+/// the same thing disagree by. From a low quantile of the absolute residual (scaled to a
+/// standard deviation), so that a change covering even most of a bin does not inflate it.
 #[derive(Debug, Clone)]
 pub struct NoiseModel {
     top: f32,
@@ -221,7 +225,8 @@ impl NoiseModel {
                 if b.len() < 30 {
                     f32::NAN
                 } else {
-                    (1.4826 * median(b)).max(Self::FLOOR)
+                    // For a normal residual, 30 % of |r| lie below 0.385 sigma.
+                    (quantile(b, 0.3) / 0.385).max(Self::FLOOR)
                 }
             })
             .collect();
@@ -256,6 +261,10 @@ pub struct MapParams {
     pub high_sigma: f32,
     /// ...at least this many of them (analysis pixels).
     pub min_seed_px: usize,
+    /// Changed areas closer than this (analysis pixels) are one region.
+    pub group_px: usize,
+    /// Pieces thinner than this on average (pixels / longer side) are ignored.
+    pub min_thickness_px: f32,
 }
 
 /// One connected changed area, in analysis pixels.
@@ -342,8 +351,52 @@ pub fn blobs(abs: &Plane, z: &Plane, signed: &Plane, p: &MapParams) -> Vec<Blob>
             e.2 += signed.at(x, y) as f64;
         }
     }
-    acc.into_iter()
+    // Pieces of one changed object, cut apart by what lies in front of or behind it (a
+    // package among steel bars shows between the bars), become one region.
+    // Only pieces with some strong pixels of their own join: faint specks do not chain
+    // distant changes together.
+    let mut parts: Vec<(Blob, usize, f64)> = acc
+        .into_iter()
         .flatten()
+        .filter(|(_, strong, _)| *strong >= p.min_seed_px / 4)
+        // A line one or two pixels thin along an edge is residual misregistration, not
+        // goods: changed goods have some thickness.
+        .filter(|(b, _, _)| {
+            let long = (b.x1 - b.x0).max(b.y1 - b.y0) as f32;
+            b.pixels as f32 / long >= p.min_thickness_px
+        })
+        .collect();
+    let g = p.group_px;
+    let near = |a: &Blob, b: &Blob| {
+        a.x0 <= b.x1 + g && b.x0 <= a.x1 + g && a.y0 <= b.y1 + g && b.y0 <= a.y1 + g
+    };
+    loop {
+        let mut merged = false;
+        'outer: for i in 0..parts.len() {
+            for j in i + 1..parts.len() {
+                if near(&parts[i].0, &parts[j].0) {
+                    let (b, s2, g2) = parts.swap_remove(j);
+                    let a = &mut parts[i];
+                    a.0.x0 = a.0.x0.min(b.x0);
+                    a.0.y0 = a.0.y0.min(b.y0);
+                    a.0.x1 = a.0.x1.max(b.x1);
+                    a.0.y1 = a.0.y1.max(b.y1);
+                    a.0.pixels += b.pixels;
+                    a.0.sum_abs += b.sum_abs;
+                    a.0.peak = a.0.peak.max(b.peak);
+                    a.1 += s2;
+                    a.2 += g2;
+                    merged = true;
+                    break 'outer;
+                }
+            }
+        }
+        if !merged {
+            break;
+        }
+    }
+    parts
+        .into_iter()
         .filter(|(_, strong, _)| *strong >= p.min_seed_px)
         .map(|(mut b, _, signed_sum)| {
             b.mean_signed = signed_sum / b.pixels.max(1) as f64;
@@ -422,6 +475,8 @@ mod tests {
             high_abs: 0.15,
             high_sigma: 8.0,
             min_seed_px: 20,
+            group_px: 15,
+            min_thickness_px: 2.5,
         };
         let found = blobs(&abs, &z, &d, &p);
         assert_eq!(found.len(), 1, "{found:?}");

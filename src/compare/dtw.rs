@@ -77,6 +77,9 @@ pub struct DtwParams {
     pub step_penalty: f32,
     /// Multiplies a left-out column's distance to air.
     pub skip_weight: f32,
+    /// Free ends (start and end anywhere on the border, paying for what is left out);
+    /// otherwise the path runs from the first pair to the last.
+    pub free_ends: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,7 +209,7 @@ pub fn dtw(a: &Feats, b: &Feats, band: &Band, p: &DtwParams) -> Option<DtwPath> 
             dist[k] = d;
             let mut best = f32::INFINITY;
             let mut mv = START;
-            if i == 0 || j == 0 {
+            if (i == 0 || j == 0) && (p.free_ends || (i == 0 && j == 0)) {
                 best = pa[i] + pb[j];
             }
             if i > 0 && j > 0 {
@@ -258,13 +261,20 @@ pub fn dtw(a: &Feats, b: &Feats, band: &Band, p: &DtwParams) -> Option<DtwPath> 
             }
         }
     };
-    for j in band.lo[n - 1]..=band.hi[n - 1] {
-        consider(n - 1, j, &cost);
-    }
-    for i in 0..n {
-        if band.hi[i] == m - 1 {
-            consider(i, m - 1, &cost);
+    if p.free_ends {
+        for j in band.lo[n - 1]..=band.hi[n - 1] {
+            consider(n - 1, j, &cost);
         }
+        for i in 0..n {
+            if band.hi[i] == m - 1 {
+                consider(i, m - 1, &cost);
+            }
+        }
+    } else {
+        consider(n - 1, m - 1, &cost);
+    }
+    if !best.is_finite() {
+        return None;
     }
     let (mut i, mut j) = end?;
     let mut path = Vec::with_capacity(n + m);
@@ -337,6 +347,7 @@ mod tests {
         let p = DtwParams {
             step_penalty: 0.02,
             skip_weight: 1.0,
+            free_ends: true,
         };
         let r = dtw(&feats(&a), &feats(&b), &Band::full(200, 220), &p).unwrap();
         // For each a column inside the object, the matched b column maps back within 2.
@@ -356,6 +367,7 @@ mod tests {
         let p = DtwParams {
             step_penalty: 0.02,
             skip_weight: 1.0,
+            free_ends: true,
         };
         let (fa, fb) = (feats(&a), feats(&b));
         let full = dtw(&fa, &fb, &Band::full(200, 230), &p).unwrap();

@@ -17,7 +17,9 @@ pub mod dtw;
 pub mod layout;
 pub mod plane;
 pub mod prep;
+pub mod refine;
 pub mod register;
+pub mod transit;
 
 use std::time::Instant;
 
@@ -28,7 +30,7 @@ use crate::imaging::Gray16;
 use diff::{MapParams, NoiseModel, Roi, TOLERANCE_PX};
 use plane::Plane;
 use prep::{ln_table, Prepared};
-use register::{ncc, Alignment};
+use register::ncc;
 
 /// One scan as the comparison needs it.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +75,8 @@ const MAP: MapParams = MapParams {
     high_abs: 0.15,
     high_sigma: 8.0,
     min_seed_px: 40,
+    group_px: 15,
+    min_thickness_px: 2.5,
 };
 
 /// Integrated attenuation change (optical depth x m²) that scores 1 - 1/e.
@@ -128,6 +132,12 @@ pub struct Details {
     pub response: Option<[f64; 3]>,
     /// Compared area (m²).
     pub compared_m2: Option<f64>,
+    /// Load carriers found, as [first column, end column, roof row, floor row] on each
+    /// scan's analysis grid.
+    pub entry_carriers: Vec<[f64; 4]>,
+    pub exit_carriers: Vec<[f64; 4]>,
+    /// Largest local correction of the registration (analysis pixels).
+    pub refine_max_px: Option<f64>,
 }
 
 /// Images for the operator: the exit warped onto the entry's geometry (in the entry's
@@ -218,6 +228,16 @@ pub fn compare(
     let t = Instant::now();
     let (le, lx) = (layout::find(&pe.att, pe.mm), layout::find(&px.att, px.mm));
     tm.layout_ms = ms(t);
+    let carriers = |l: &Result<layout::Layout, layout::LayoutError>| -> Vec<[f64; 4]> {
+        l.as_ref().map_or(Vec::new(), |l| {
+            l.spans
+                .iter()
+                .map(|s| [s.c0 as f64, s.c1 as f64, s.roof as f64, s.floor as f64])
+                .collect()
+        })
+    };
+    det.entry_carriers = carriers(&le);
+    det.exit_carriers = carriers(&lx);
     let (le, lx) = match (le, lx) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) => {
@@ -255,6 +275,13 @@ pub fn compare(
     let response = diff::fit_response(&pe.att, &warped, &roi);
     det.response = Some(response.c);
     let mut xm = warped;
+    for v in xm.v.iter_mut() {
+        *v = response.apply(*v);
+    }
+    let field = refine::estimate(&pe.att, &xm, &roi);
+    det.refine_max_px = Some(round3(field.max_abs() as f64));
+    let (cx, cy) = register::coords(&al, &field, w, h);
+    let mut xm = register::warp_at(&px.att, &cx, &cy);
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
@@ -307,7 +334,7 @@ pub fn compare(
             &pe,
             exit.image,
             &px,
-            &al,
+            (&cx, &cy),
             &response,
             &abs,
             &d,
@@ -382,7 +409,7 @@ fn render_outputs(
     pe: &Prepared,
     exit: &Gray16,
     px: &Prepared,
-    al: &Alignment,
+    coords: (&Plane, &Plane),
     response: &diff::Response,
     abs: &Plane,
     signed: &Plane,
@@ -390,52 +417,33 @@ fn render_outputs(
 ) -> Outputs {
     let (w, h) = (entry.width() as usize, entry.height() as usize);
     let (xw, xh) = (exit.width() as usize, exit.height() as usize);
-    let n = al.col_map.len();
-    // Entry source column -> exit source column, entry source row -> exit source row.
-    let xs: Vec<f32> = (0..w)
-        .map(|sx| {
-            let ax = ((sx as f32 + 0.5) / pe.kx as f32 - 0.5).clamp(0.0, (n - 1) as f32);
-            let i = ax.floor() as usize;
-            let j = (i + 1).min(n - 1);
-            let f = ax - i as f32;
-            let xa = al.col_map[i] + (al.col_map[j] - al.col_map[i]) * f;
-            (xa + 0.5) * px.kx as f32 - 0.5
-        })
-        .collect();
-    let ys: Vec<f32> = (0..h)
-        .map(|sy| {
-            let ay = (sy as f64 + 0.5) / pe.ky as f64 - 0.5;
-            ((al.vmap.apply(ay) + 0.5) * px.ky as f64 - 0.5) as f32
-        })
-        .collect();
+    let (cx, cy) = coords;
     let lut = ln_table();
     let raw = exit.as_raw();
     let mut aligned = vec![0u16; w * h];
     let rows_per = h.div_ceil(2).max(1);
     std::thread::scope(|s| {
         for (band, chunk) in aligned.chunks_mut(rows_per * w).enumerate() {
-            let (xs, ys) = (&xs, &ys);
             s.spawn(move || {
                 for (r, out) in chunk.chunks_mut(w).enumerate() {
                     let sy = band * rows_per + r;
-                    let y = ys[sy];
+                    let ay = (sy as f32 + 0.5) / pe.ky as f32 - 0.5;
                     let air_e = pe.air_rows[sy];
-                    if y < 0.0 || y > (xh - 1) as f32 {
-                        out.iter_mut().for_each(|o| *o = air_e.round() as u16);
-                        continue;
-                    }
-                    let y0 = y.floor() as usize;
-                    let y1 = (y0 + 1).min(xh - 1);
-                    let fy = y - y0 as f32;
-                    let (ln_air0, ln_air1) = (px.air_rows[y0].ln(), px.air_rows[y1].ln());
-                    for (o, &x) in out.iter_mut().zip(xs.iter()) {
-                        if x < 0.0 || x > (xw - 1) as f32 {
+                    for (sx, o) in out.iter_mut().enumerate() {
+                        let ax = (sx as f32 + 0.5) / pe.kx as f32 - 0.5;
+                        // Exit source position through the analysis-grid coordinate planes.
+                        let x = (cx.sample(ax, ay) + 0.5) * px.kx as f32 - 0.5;
+                        let y = (cy.sample(ax, ay) + 0.5) * px.ky as f32 - 0.5;
+                        if x < 0.0 || x > (xw - 1) as f32 || y < 0.0 || y > (xh - 1) as f32 {
                             *o = air_e.round() as u16;
                             continue;
                         }
                         let x0 = x.floor() as usize;
                         let x1 = (x0 + 1).min(xw - 1);
-                        let fx = x - x0 as f32;
+                        let y0 = y.floor() as usize;
+                        let y1 = (y0 + 1).min(xh - 1);
+                        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+                        let (ln_air0, ln_air1) = (px.air_rows[y0].ln(), px.air_rows[y1].ln());
                         let a00 = ln_air0 - lut[raw[y0 * xw + x0] as usize];
                         let a01 = ln_air0 - lut[raw[y0 * xw + x1] as usize];
                         let a10 = ln_air1 - lut[raw[y1 * xw + x0] as usize];

@@ -9,6 +9,7 @@ use super::dtw::{dtw, Band, DtwParams, DtwPath, Feats};
 use super::layout::{Layout, Span};
 use super::plane::{median, Plane};
 use super::prep::Prepared;
+use super::refine::Field;
 
 /// Horizontal bands between a carrier's roof and floor whose means make a column's
 /// feature vector for the DTW.
@@ -58,25 +59,23 @@ pub enum AlignError {
     Warp { percent: f64 },
 }
 
-/// Median row profile of `p` over the columns of `s` (5 % inset at each end).
-fn row_profile(p: &Plane, s: &Span) -> Vec<f32> {
+/// Median over the columns of `s` (5 % inset) of each row's vertical gradient: the
+/// carrier's own horizontal structure (roof, rails, floor, cross-members), which is at the
+/// same row in every column, stands out; the load's edges, at different rows in different
+/// columns, and whatever was taken out or put in, do not.
+fn gradient_profile(p: &Plane, s: &Span) -> Vec<f32> {
     let inset = s.len() / 20;
     let step = (s.len() / 300).max(1);
     let cols: Vec<usize> = (s.c0 + inset..s.c1 - inset).step_by(step).collect();
+    let h = p.h;
     let mut buf = Vec::with_capacity(cols.len());
-    (0..p.h)
+    (0..h)
         .map(|y| {
+            let (a, b) = (y.saturating_sub(1), (y + 1).min(h - 1));
             buf.clear();
-            buf.extend(cols.iter().map(|&x| p.at(x, y)));
+            buf.extend(cols.iter().map(|&x| p.at(x, b) - p.at(x, a)));
             median(&mut buf)
         })
-        .collect()
-}
-
-fn gradient(v: &[f32]) -> Vec<f32> {
-    let n = v.len();
-    (0..n)
-        .map(|i| v[(i + 1).min(n - 1)] - v[i.saturating_sub(1)])
         .collect()
 }
 
@@ -124,8 +123,8 @@ fn profile_match(ge: &[f32], y0: usize, gx: &[f32], a: f64, b: f64, buf: &mut [f
 /// searched around the ratio of the sidecars' pitches (fan-beam magnification changes it
 /// by a few per cent per scan), or widely when a pitch is unknown.
 fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<VerticalMap, AlignError> {
-    let ge = gradient(&row_profile(&e.att, se));
-    let gx = gradient(&row_profile(&x.att, sx));
+    let ge = gradient_profile(&e.att, se);
+    let gx = gradient_profile(&x.att, sx);
     let y0 = (se.roof as f64 - 6.0).max(0.0) as usize;
     let y1 = ((se.floor as f64 + 12.0) as usize).min(e.att.h - 1);
     let seg = &ge[y0..=y1];
@@ -140,7 +139,8 @@ fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<Vertical
     let mut best = (f64::NEG_INFINITY, 1.0, 0.0);
     let mut a = lo;
     while a <= hi {
-        for k in -8..=8 {
+        // The roofs are found to a pixel or so in both scans.
+        for k in -3..=3 {
             let b = anchor(a) + 0.5 * k as f64;
             let c = profile_match(seg, y0, &gx, a, b, &mut buf);
             if c > best.0 {
@@ -228,18 +228,33 @@ fn params() -> DtwParams {
     DtwParams {
         step_penalty: 0.01 * BANDS as f32,
         skip_weight: 1.0,
+        free_ends: false,
     }
 }
 
-fn coarse_then_fine(fe: &Feats, fx: &Feats, coarse: &DtwPath) -> Option<DtwPath> {
+/// Columns `a..b` of `f`.
+fn slice(f: &Feats, a: usize, b: usize) -> Feats {
+    Feats {
+        n: b - a,
+        b: f.b,
+        v: f.v[a * f.b..b * f.b].to_vec(),
+    }
+}
+
+/// Coarse (full band) then fine (around the coarse path) warp of `fe` onto `fx`.
+fn warp_path(fe: &Feats, fx: &Feats) -> Option<DtwPath> {
+    let (ce, cx) = (fe.downsample(COARSE), fx.downsample(COARSE));
+    let coarse = dtw(&ce, &cx, &Band::full(ce.n, cx.n), &params())?;
     let band = Band::around(&coarse.path, COARSE, fe.n, fx.n, FINE_RADIUS);
     dtw(fe, fx, &band, &params())
 }
 
-fn coarse(fe: &Feats, fx: &Feats) -> Option<DtwPath> {
-    let (ce, cx) = (fe.downsample(COARSE), fx.downsample(COARSE));
-    dtw(&ce, &cx, &Band::full(ce.n, cx.n), &params())
-}
+/// Margin around the load carriers that the warp also matches (mm): their end walls.
+const LOAD_MARGIN_MM: f64 = 400.0;
+
+/// How much worse (ratio of DTW costs) the tractor's orientation must match than the
+/// other for the images to overrule it.
+const OVERRULE: f32 = 1.3;
 
 /// Registers `x` (exit) onto `e` (entry).
 pub fn register(
@@ -275,44 +290,64 @@ pub fn register(
         .iter()
         .map(|&(a, z)| (vmap.apply(a), vmap.apply(z)))
         .collect();
-    let fe = band_features(&e.att, &rows_e);
+    let fe_all = band_features(&e.att, &rows_e);
     // The exit's columns resampled so that its load is as many columns long as the
     // entry's: what remains for the DTW is the speed's variation within each pass.
     let ratio = (ce1 - ce0) as f64 / (cx1 - cx0) as f64;
-    let fx_fwd = resample(&band_features(&x.att, &rows_x), ratio);
+    let fx_all = resample(&band_features(&x.att, &rows_x), ratio);
+    let wr = fx_all.n;
 
-    let (mirrored, orientation_by, fx, coarse_path) = match (le.cab_left, lx.cab_left) {
+    // The warp runs between the load carriers' ends (the strongest landmarks there are),
+    // with a margin, start to end: the tractors and trailers around them may differ.
+    let m = (LOAD_MARGIN_MM / e.mm[0]).round() as usize;
+    let (e0, e1) = (ce0.saturating_sub(m), (ce1 + m).min(fe_all.n));
+    let fe = slice(&fe_all, e0, e1);
+    let window = |mirrored: bool| -> (usize, usize) {
+        let (a, b) = (
+            (cx0 as f64 * ratio).round() as usize,
+            (cx1 as f64 * ratio).round() as usize,
+        );
+        let (a, b) = if mirrored {
+            (wr.saturating_sub(b), wr.saturating_sub(a))
+        } else {
+            (a, b)
+        };
+        (a.saturating_sub(m), (b + m).min(wr))
+    };
+    let try_orientation = |mirrored: bool| -> Option<(DtwPath, usize)> {
+        let fx = if mirrored {
+            fx_all.reversed()
+        } else {
+            fx_all.clone()
+        };
+        let (x0, x1) = window(mirrored);
+        warp_path(&fe, &slice(&fx, x0, x1)).map(|p| (p, x0))
+    };
+    let fwd = try_orientation(false);
+    let rev = try_orientation(true);
+    let cost = |r: &Option<(DtwPath, usize)>| r.as_ref().map_or(f32::INFINITY, |(p, _)| p.cost);
+    let (cf, cr) = (cost(&fwd), cost(&rev));
+    let by_images = cr < cf;
+    let (mirrored, orientation_by) = match (le.cab_left, lx.cab_left) {
         (Some(a), Some(b)) => {
-            let fx = if a != b { fx_fwd.reversed() } else { fx_fwd };
-            let c = coarse(&fe, &fx);
-            (a != b, "tractor position", fx, c)
-        }
-        _ => {
-            let rev = fx_fwd.reversed();
-            let cf = coarse(&fe, &fx_fwd);
-            let cr = coarse(&fe, &rev);
-            let fwd_cost = cf.as_ref().map_or(f32::INFINITY, |p| p.cost);
-            let rev_cost = cr.as_ref().map_or(f32::INFINITY, |p| p.cost);
-            if rev_cost < fwd_cost {
-                (true, "image match", rev, cr)
+            let by_tractor = a != b;
+            let (mine, other) = if by_tractor { (cr, cf) } else { (cf, cr) };
+            if by_tractor != by_images && mine > OVERRULE * other {
+                (by_images, "image match (overruling the tractor position)")
             } else {
-                (false, "image match", fx_fwd, cf)
+                (by_tractor, "tractor position")
             }
         }
+        _ => (by_images, "image match"),
     };
-    let fine = coarse_path
-        .as_ref()
-        .and_then(|c| coarse_then_fine(&fe, &fx, c))
-        .ok_or(AlignError::Warp { percent: 0.0 })?;
+    let (fine, x0) = if mirrored { rev } else { fwd }.ok_or(AlignError::Warp { percent: 0.0 })?;
 
-    let n = fe.n;
-    // Beyond the matched part, columns continue at the mean ratio.
-    let slope = 1.0;
+    let n = fe_all.n;
     let mut sum = vec![0.0f64; n];
     let mut cnt = vec![0u32; n];
     for &(i, j) in &fine.path {
-        sum[i] += j as f64;
-        cnt[i] += 1;
+        sum[i + e0] += (j + x0) as f64;
+        cnt[i + e0] += 1;
     }
     let mut map: Vec<f64> = vec![f64::NAN; n];
     for i in 0..n {
@@ -322,14 +357,15 @@ pub fn register(
     }
     let first = (0..n).find(|&i| cnt[i] > 0).unwrap_or(0);
     let last = (0..n).rev().find(|&i| cnt[i] > 0).unwrap_or(n - 1);
+    // Beyond the matched part, columns continue at the mean ratio.
     for i in 0..first {
-        map[i] = map[first] - slope * (first - i) as f64;
+        map[i] = map[first] - (first - i) as f64;
     }
     for i in last + 1..n {
-        map[i] = map[last] + slope * (i - last) as f64;
+        map[i] = map[last] + (i - last) as f64;
     }
     // Light smoothing (speed changes are gradual; settling moves whole loading columns),
-    // then strictly monotone.
+    // then monotone.
     let r = 2usize;
     let smooth: Vec<f64> = (0..n)
         .map(|i| {
@@ -343,11 +379,10 @@ pub fn register(
             mono[i] = mono[i - 1];
         }
     }
-    let wr = fx.n as f64;
     let col_map: Vec<f32> = mono
         .iter()
         .map(|&j| {
-            let j = if mirrored { wr - 1.0 - j } else { j };
+            let j = if mirrored { wr as f64 - 1.0 - j } else { j };
             ((j + 0.5) / ratio - 0.5) as f32
         })
         .collect();
@@ -383,6 +418,36 @@ pub fn warp(x: &Plane, al: &Alignment, w: usize, h: usize) -> Plane {
         for (xx, o) in row.iter_mut().enumerate() {
             *o = x.sample(al.col_map[xx], ys);
         }
+    }
+    out
+}
+
+/// The exit coordinates (analysis pixels, column and row planes) that every entry analysis
+/// pixel maps to, through `al` refined by `field`.
+pub fn coords(al: &Alignment, field: &Field, w: usize, h: usize) -> (Plane, Plane) {
+    let n = al.col_map.len();
+    let col_at = |x: f32| {
+        let x = x.clamp(0.0, (n - 1) as f32);
+        let i = x.floor() as usize;
+        let j = (i + 1).min(n - 1);
+        al.col_map[i] + (al.col_map[j] - al.col_map[i]) * (x - i as f32)
+    };
+    let (mut cx, mut cy) = (Plane::new(w, h), Plane::new(w, h));
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = field.at(x as f32, y as f32);
+            cx.set(x, y, col_at(x as f32 + dx));
+            cy.set(x, y, al.vmap.apply((y as f32 + dy) as f64) as f32);
+        }
+    }
+    (cx, cy)
+}
+
+/// The exit plane sampled at `coords`.
+pub fn warp_at(x: &Plane, cx: &Plane, cy: &Plane) -> Plane {
+    let mut out = Plane::new(cx.w, cx.h);
+    for i in 0..out.v.len() {
+        out.v[i] = x.sample(cx.v[i], cy.v[i]);
     }
     out
 }

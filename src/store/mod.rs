@@ -16,6 +16,7 @@ pub mod chain;
 pub mod entries;
 pub mod scans;
 pub mod schema;
+pub mod transit;
 pub mod verdicts;
 
 use std::path::{Path, PathBuf};
