@@ -8,3 +8,4 @@ mod capture;
 mod daemon;
 mod dicom;
 mod rejects;
+mod transit;

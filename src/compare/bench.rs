@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::{compare, Input, Status, Thresholds};
 use crate::imaging::Gray16;
+use crate::scan::CabSide;
 use crate::sim::{SimDrop, SimOptions, SimPair, Simulator};
 
 #[derive(Debug, Clone)]
@@ -81,6 +82,10 @@ pub struct CompareReport {
 fn pixel_mm(d: &SimDrop) -> Option<[f64; 2]> {
     let v = d.sidecar.pointer("/image/pixel_mm")?.as_array()?;
     Some([v.first()?.as_f64()?, v.get(1)?.as_f64()?])
+}
+
+fn cab_side(d: &SimDrop) -> Option<CabSide> {
+    CabSide::parse(d.sidecar.pointer("/image/cab_side")?.as_str()?)
 }
 
 fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
@@ -172,10 +177,12 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
             Input {
                 image: entry_img,
                 pixel_mm: emm,
+                cab_side: cab_side(&p.entry),
             },
             Input {
                 image: &p.exit.image,
                 pixel_mm: pixel_mm(&p.exit),
+                cab_side: cab_side(&p.exit),
             },
             th,
             a.outputs,
@@ -188,8 +195,7 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
             .max_by_key(|b| (b[2] - b[0]) * (b[3] - b[1]));
         let main_m2 = main.map_or(0.0, |b| (b[2] - b[0]) as f64 * (b[3] - b[1]) as f64 * px_m2);
         let boxes: Vec<[u32; 4]> = c.regions.iter().map(|g| [g.x0, g.y0, g.x1, g.y1]).collect();
-        let wrong;
-        if p.truth.tampered {
+        let wrong = if p.truth.tampered {
             let hit = c.status == Status::Changed
                 && boxes
                     .iter()
@@ -210,7 +216,7 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
                     ious.push(boxes.iter().map(|b| iou(*b, m)).fold(0.0, f64::max));
                 }
             }
-            wrong = !hit;
+            !hit
         } else {
             let fa = c.status == Status::Changed;
             r.false_alarms.add(fa);
@@ -221,21 +227,42 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
                     g.score >= th.alert_score && g.area_m2.unwrap_or(0.0) >= th.alert_min_area_m2
                 }),
             );
-            wrong = fa || c.status == Status::Inconclusive;
-        }
+            fa || c.status == Status::Inconclusive
+        };
         if a.verbose {
+            let cands: Vec<String> = c
+                .candidates
+                .iter()
+                .take(3)
+                .map(|g| {
+                    let hit = truth
+                        .iter()
+                        .any(|t| iou([g.x0, g.y0, g.x1, g.y1], *t) > 0.0);
+                    format!(
+                        "{}{:.3}m²/{:.2}/{}/{:+.2}/z{:.0}",
+                        if hit { "*" } else { "" },
+                        g.area_m2.unwrap_or(0.0),
+                        g.score,
+                        &g.kind[..1],
+                        g.mean_delta,
+                        g.mean_z
+                    )
+                })
+                .collect();
             eprintln!(
-                "{k:4} {} {:>16} truth {:5.2} m² -> {:?} score {:.3} q {:.3} regions {} mirrored {:?}/{} {:.0} ms{}",
+                "{k:4} {} {:>16} truth {:5.2} m² -> {:?}{} score {:.3} q {:.3} regions {} mirrored {:?}/{} {:.0} ms [{}]{}",
                 p.exit.scan_id,
                 p.truth.kind.clone().unwrap_or_else(|| "-".into()),
                 main_m2,
                 c.status,
+                if wrong { " WRONG" } else { "" },
                 c.change_score.unwrap_or(0.0),
                 c.alignment_quality.unwrap_or(0.0),
                 c.regions.len(),
                 c.mirrored,
                 p.truth.mirrored,
                 c.timings.total_ms,
+                cands.join(" "),
                 c.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
             );
         }

@@ -167,7 +167,7 @@ fn write_png(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 /// The entry rendered for the eye (log scale), the heatmap blended over it, regions boxed.
 pub fn overview(entry: &Gray16, c: &Comparison) -> RgbImage {
     let (w, h) = entry.dimensions();
-    let air = super::prep::prepare(entry, None).air_rows;
+    let air = super::prep::prepare(entry, None, [super::prep::ANALYSIS_MM; 2]).air_rows;
     let lut = super::prep::ln_table();
     let mut out = RgbImage::new(w, h);
     let heat = c.outputs.as_ref().map(|o| &o.heatmap);
@@ -218,10 +218,12 @@ pub fn run(
         Input {
             image: &e.image,
             pixel_mm: e.meta.image.pixel_mm,
+            cab_side: e.meta.image.cab_side,
         },
         Input {
             image: &x.image,
             pixel_mm: x.meta.image.pixel_mm,
+            cab_side: x.meta.image.cab_side,
         },
         th,
         out.is_some(),

@@ -10,13 +10,14 @@ use image::{GrayImage, Luma};
 use imageproc::region_labelling::{connected_components, Connectivity};
 
 use super::layout::Span;
-use super::plane::{median, quantile, Plane};
+use super::plane::{quantile, Plane};
 
-/// Radius of the tolerance window (analysis pixels, ~10 mm each): what settling and
-/// registration may leave misaligned without counting as a change.
-pub const TOLERANCE_PX: usize = 2;
+/// How far above the floor ridge the compared area ends (mm).
+const FLOOR_MARGIN_MM: f64 = 100.0;
+/// How far inside a carrier's ends the compared area starts (mm).
+const END_MARGIN_MM: f64 = 200.0;
 
-/// The compared area: per carrier, its columns and rows from the roof to just below the
+/// The compared area: per carrier, its columns and rows from the roof to just above the
 /// floor.
 #[derive(Debug, Clone)]
 pub struct Roi {
@@ -26,18 +27,54 @@ pub struct Roi {
 }
 
 impl Roi {
-    pub fn from_spans(spans: &[Span], w: usize, h: usize) -> Roi {
+    /// The carriers' insides on a grid of `mm` pixels: from the roof down to a little above
+    /// the floor ridge (which may be the cross-members under the floor; below the load
+    /// space are the bottom rails and then the trailer, which may be another one), and
+    /// inside the end walls (corner posts and door hardware, the densest parts of an
+    /// empty box, are where two scanners' responses differ most, and no load is in them).
+    pub fn from_spans(spans: &[Span], w: usize, h: usize, mm: [f64; 2]) -> Roi {
+        let above_floor = (FLOOR_MARGIN_MM / mm[1]).round() as usize;
+        let inside_ends = (END_MARGIN_MM / mm[0]).round() as usize;
         let rects = spans
             .iter()
             .map(|s| {
                 let y0 = (s.roof.floor().max(0.0) as usize).min(h);
-                // Down to the floor, not below: under it are the bottom rails and then
-                // the trailer, which may be another one.
-                let y1 = ((s.floor.ceil() as usize) + 1).min(h);
-                [s.c0.min(w), y0, s.c1.min(w), y1]
+                let y1 = (s.floor.round() as usize)
+                    .saturating_sub(above_floor)
+                    .max(y0 + 1)
+                    .min(h);
+                let x0 = (s.c0 + inside_ends).min(w);
+                let x1 = s.c1.saturating_sub(inside_ends).max(x0 + 1).min(w);
+                [x0, y0, x1, y1]
             })
             .collect();
         Roi { rects, w, h }
+    }
+
+    /// The bounding box `[x0, y0, x1, y1]` of every rectangle.
+    pub fn bbox(&self) -> [usize; 4] {
+        if self.rects.is_empty() {
+            return [0, 0, self.w, self.h];
+        }
+        [
+            self.rects.iter().map(|r| r[0]).min().unwrap_or(0),
+            self.rects.iter().map(|r| r[1]).min().unwrap_or(0),
+            self.rects.iter().map(|r| r[2]).max().unwrap_or(self.w),
+            self.rects.iter().map(|r| r[3]).max().unwrap_or(self.h),
+        ]
+    }
+
+    /// The same area in a `w` x `h` crop at (x0, y0) that holds it.
+    pub fn shifted(&self, x0: usize, y0: usize, w: usize, h: usize) -> Roi {
+        Roi {
+            rects: self
+                .rects
+                .iter()
+                .map(|r| [r[0] - x0, r[1] - y0, r[2] - x0, r[3] - y0])
+                .collect(),
+            w,
+            h,
+        }
     }
 
     pub fn contains(&self, x: usize, y: usize) -> bool {
@@ -61,28 +98,55 @@ impl Roi {
     }
 }
 
-/// entry ≈ c1 x + c2 x² + c3 x³ (x: exit attenuation).
+/// entry ≈ c1 x + c2 x² + c3 x³ (x: exit attenuation) up to `top`, the densest level the
+/// fit saw; beyond it, a straight continuation with the slope there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Response {
     pub c: [f64; 3],
+    pub top: f64,
 }
 
 impl Response {
+    pub const IDENTITY: Response = Response {
+        c: [1.0, 0.0, 0.0],
+        top: f64::INFINITY,
+    };
+
+    #[inline]
+    fn cubic(&self, x: f64) -> f64 {
+        x * (self.c[0] + x * (self.c[1] + x * self.c[2]))
+    }
+
+    #[inline]
+    fn slope(&self, x: f64) -> f64 {
+        self.c[0] + 2.0 * self.c[1] * x + 3.0 * self.c[2] * x * x
+    }
+
     #[inline]
     pub fn apply(&self, x: f32) -> f32 {
         let x = x as f64;
-        (x * (self.c[0] + x * (self.c[1] + x * self.c[2]))) as f32
+        let y = if x <= self.top {
+            self.cubic(x)
+        } else {
+            self.cubic(self.top) + self.slope(self.top) * (x - self.top)
+        };
+        y as f32
     }
 
-    fn monotone_up_to(&self, top: f64) -> bool {
+    /// Increasing, and within what two scanner models' responses can differ by: close to
+    /// proportional for thin objects, and for dense ones anything from one scanner
+    /// saturating well before the other (slope towards 1/4) to the reverse (towards 4).
+    fn plausible(&self) -> bool {
         (0..=40).all(|k| {
-            let t = top * k as f64 / 40.0;
-            self.c[0] + 2.0 * self.c[1] * t + 3.0 * self.c[2] * t * t > 0.05
-        })
+            let t = self.top * k as f64 / 40.0;
+            let s = self.slope(t);
+            (0.25..=4.0).contains(&s)
+        }) && (0.7..=1.4).contains(&self.c[0])
     }
 }
 
 /// Solves the 3x3 system `m z = r` (Gaussian elimination with pivoting).
+#[allow(clippy::needless_range_loop)] // index arithmetic reads clearer here
 fn solve3(mut m: [[f64; 3]; 3], mut r: [f64; 3]) -> Option<[f64; 3]> {
     for col in 0..3 {
         let piv = (col..3).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
@@ -110,65 +174,121 @@ fn solve3(mut m: [[f64; 3]; 3], mut r: [f64; 3]) -> Option<[f64; 3]> {
     Some(z)
 }
 
-/// Fits the exit's response onto the entry's over `roi` (every other pixel), by iteratively
-/// reweighted least squares with Huber weights so that changed areas do not bend the curve.
+/// Fits the exit's response onto the entry's over `roi`. The pixels are summarised by bins
+/// of the exit's value (the median entry value and the count of each); every cubic through
+/// the origin and three bin medians (and the identity, and every line) is a candidate; the
+/// plausible candidate (increasing, slope 1/4-4) that agrees with the most pixels' bins
+/// wins and is refined on them. A changed area puts its bins off the curve of the rest,
+/// so however large or dense it is it cannot bend the curve; and two scanners whose
+/// responses part ways at high attenuation (a mobile scanner saturating early) are still
+/// matched, since their bins agree with each other.
 pub fn fit_response(e: &Plane, x: &Plane, roi: &Roi) -> Response {
+    const BINS: usize = 48;
     let mut xs = Vec::new();
     let mut ys = Vec::new();
     for (i, (px, py)) in roi.pixels().enumerate() {
         if i % 2 == 0 {
-            xs.push(x.at(px, py) as f64);
-            ys.push(e.at(px, py) as f64);
+            xs.push(x.at(px, py));
+            ys.push(e.at(px, py));
         }
     }
-    let linear = |w: &[f64]| -> Response {
-        let (mut sxy, mut sxx) = (0.0, 0.0);
-        for i in 0..xs.len() {
-            sxy += w[i] * xs[i] * ys[i];
-            sxx += w[i] * xs[i] * xs[i];
+    if xs.len() < 200 {
+        return Response::IDENTITY;
+    }
+    let top = quantile(&mut xs.clone(), 0.995).max(0.05);
+    let mut per: Vec<Vec<f32>> = vec![Vec::new(); BINS];
+    for (&xv, &yv) in xs.iter().zip(&ys) {
+        if xv <= top {
+            let b = ((xv / top * BINS as f32) as usize).min(BINS - 1);
+            per[b].push(yv);
         }
-        Response {
-            c: [if sxx > 0.0 { sxy / sxx } else { 1.0 }, 0.0, 0.0],
+    }
+    let min_count = (xs.len() / 1000).max(30);
+    // (bin centre, median entry value, count)
+    let bins: Vec<(f64, f64, f64)> = per
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, v)| v.len() >= min_count)
+        .map(|(b, v)| {
+            let n = v.len() as f64;
+            (
+                ((b as f64 + 0.5) / BINS as f64) * top as f64,
+                quantile(v, 0.5) as f64,
+                n,
+            )
+        })
+        .collect();
+    if bins.len() < 3 {
+        return Response::IDENTITY;
+    }
+    let tol = |xc: f64| (0.06 * xc).max(0.04);
+    let score = |f: &Response| -> (f64, f64) {
+        let (mut support, mut dev) = (0.0, 0.0);
+        for &(xc, me, n) in &bins {
+            let d = (me - f.cubic(xc)).abs();
+            if d <= tol(xc) {
+                support += n;
+                dev += d * n;
+            }
+        }
+        (support, dev)
+    };
+    let top_bin = bins.last().map_or(top as f64, |b| b.0);
+    let better = |a: (f64, f64), b: (f64, f64)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let mut best = Response {
+        c: [1.0, 0.0, 0.0],
+        top: top_bin,
+    };
+    let mut best_score = score(&best);
+    let mut consider = |c: [f64; 3]| {
+        let f = Response { c, top: top_bin };
+        if f.plausible() {
+            let sc = score(&f);
+            if better(sc, best_score) {
+                best = f;
+                best_score = sc;
+            }
         }
     };
-    if xs.len() < 50 {
-        return Response { c: [1.0, 0.0, 0.0] };
+    for &(xc, me, _) in &bins {
+        consider([me / xc, 0.0, 0.0]);
     }
-    let mut wts = vec![1.0f64; xs.len()];
-    let mut fit = linear(&wts);
-    let mut top = xs.iter().cloned().fold(0.0, f64::max);
-    top = top.max(1e-3);
-    for _ in 0..6 {
-        let mut m = [[0.0f64; 3]; 3];
-        let mut r = [0.0f64; 3];
-        for i in 0..xs.len() {
-            let t = xs[i];
-            let b = [t, t * t, t * t * t];
-            for p in 0..3 {
-                r[p] += wts[i] * b[p] * ys[i];
-                for q in 0..3 {
-                    m[p][q] += wts[i] * b[p] * b[q];
+    let n = bins.len();
+    for i in 0..n {
+        for j in i + 1..n {
+            for k in j + 1..n {
+                let m = [bins[i], bins[j], bins[k]].map(|(xc, _, _)| [xc, xc * xc, xc * xc * xc]);
+                if let Some(c) = solve3(m, [bins[i].1, bins[j].1, bins[k].1]) {
+                    consider(c);
                 }
             }
         }
-        let cand = solve3(m, r).map(|c| Response { c });
-        fit = match cand {
-            Some(f) if f.monotone_up_to(top) => f,
-            _ => linear(&wts),
-        };
-        let mut res: Vec<f32> = xs
-            .iter()
-            .zip(&ys)
-            .map(|(&t, &y)| (y - fit.apply(t as f32) as f64).abs() as f32)
-            .collect();
-        let s = (1.4826 * median(&mut res) as f64).max(0.005);
-        let k = 2.0 * s;
-        for i in 0..xs.len() {
-            let r = (ys[i] - fit.apply(xs[i] as f32) as f64).abs();
-            wts[i] = if r <= k { 1.0 } else { k / r };
+    }
+    // Refine on the bins the winner agrees with, weighted by their pixels.
+    let inliers: Vec<(f64, f64, f64)> = bins
+        .iter()
+        .copied()
+        .filter(|&(xc, me, _)| (me - best.cubic(xc)).abs() <= tol(xc))
+        .collect();
+    let mut m = [[0.0f64; 3]; 3];
+    let mut r = [0.0f64; 3];
+    for &(xc, me, w) in &inliers {
+        let b = [xc, xc * xc, xc * xc * xc];
+        for p in 0..3 {
+            r[p] += w * b[p] * me;
+            for q in 0..3 {
+                m[p][q] += w * b[p] * b[q];
+            }
         }
     }
-    fit
+    let reach = inliers.last().map_or(top_bin, |b| b.0);
+    if let Some(c) = solve3(m, r) {
+        let f = Response { c, top: reach };
+        if f.plausible() && !better(best_score, score(&f)) {
+            return f;
+        }
+    }
+    Response { top: reach, ..best }
 }
 
 /// Signed tolerant difference (entry minus exit): where the entry exceeds everything the
@@ -194,39 +314,39 @@ pub fn tolerant_diff(e: &Plane, x: &Plane, r: usize) -> Plane {
     out
 }
 
-/// Noise of `e - x` as a function of the entry's attenuation, by bins: what two scans of
-/// the same thing disagree by. From a low quantile of the absolute residual (scaled to a
-/// standard deviation), so that a change covering even most of a bin does not inflate it.
+/// Noise of one scan as a function of its attenuation, by bins, from the median absolute
+/// deviation of each pixel from its 3x3 neighbourhood: measured inside each scan, so what
+/// changed between the two scans cannot inflate it. Detector noise grows with attenuation
+/// (fewer photons); fine texture in the load counts too, as it should.
 #[derive(Debug, Clone)]
-pub struct NoiseModel {
+pub struct ScanNoise {
     top: f32,
     sigma: Vec<f32>,
 }
 
-impl NoiseModel {
+impl ScanNoise {
     const BINS: usize = 16;
-    pub const FLOOR: f32 = 0.01;
+    pub const FLOOR: f32 = 0.005;
 
-    pub fn measure(e: &Plane, x: &Plane, roi: &Roi) -> NoiseModel {
-        let mut vals: Vec<f32> = roi.pixels().map(|(px, py)| e.at(px, py)).collect();
+    pub fn measure(p: &Plane, roi: &Roi) -> ScanNoise {
+        let mut vals: Vec<f32> = roi.pixels().map(|(px, py)| p.at(px, py)).collect();
         let top = quantile(&mut vals, 0.995).max(0.1);
+        let local = p.box_mean(1, 1);
         let mut bins: Vec<Vec<f32>> = vec![Vec::new(); Self::BINS];
-        for (i, (px, py)) in roi.pixels().enumerate() {
-            if i % 2 != 0 {
-                continue;
-            }
-            let ev = e.at(px, py);
-            let b = ((ev / top * Self::BINS as f32) as usize).min(Self::BINS - 1);
-            bins[b].push((ev - x.at(px, py)).abs());
+        for (px, py) in roi.pixels() {
+            let v = p.at(px, py);
+            let b = ((v / top * Self::BINS as f32) as usize).min(Self::BINS - 1);
+            bins[b].push((v - local.at(px, py)).abs());
         }
+        // |v - mean of 9| of white noise has a standard deviation of sqrt(8/9) sigma.
+        let scale = 1.4826 / (8.0f32 / 9.0).sqrt();
         let mut sigma: Vec<f32> = bins
             .iter_mut()
             .map(|b| {
                 if b.len() < 30 {
                     f32::NAN
                 } else {
-                    // For a normal residual, 30 % of |r| lie below 0.385 sigma.
-                    (quantile(b, 0.3) / 0.385).max(Self::FLOOR)
+                    (scale * quantile(b, 0.5)).max(Self::FLOOR)
                 }
             })
             .collect();
@@ -240,13 +360,37 @@ impl NoiseModel {
                     .map_or(Self::FLOOR * 4.0, |&k| sigma[k]);
             }
         }
-        NoiseModel { top, sigma }
+        ScanNoise { top, sigma }
     }
 
     #[inline]
     pub fn at(&self, att: f32) -> f32 {
         let b = ((att / self.top * Self::BINS as f32).max(0.0) as usize).min(Self::BINS - 1);
         self.sigma[b]
+    }
+}
+
+/// The noise of `e - x`: both scans' noise at their own values, plus a floor for what the
+/// response fit leaves (a few per cent of the attenuation).
+#[derive(Debug, Clone)]
+pub struct NoiseModel {
+    e: ScanNoise,
+    x: ScanNoise,
+}
+
+impl NoiseModel {
+    pub fn measure(e: &Plane, x: &Plane, roi: &Roi) -> NoiseModel {
+        NoiseModel {
+            e: ScanNoise::measure(e, roi),
+            x: ScanNoise::measure(x, roi),
+        }
+    }
+
+    #[inline]
+    pub fn at(&self, e: f32, x: f32) -> f32 {
+        let (a, b) = (self.e.at(e), self.x.at(x));
+        let c = 0.01 + 0.02 * e.max(x);
+        (a * a + b * b + c * c).sqrt()
     }
 }
 
@@ -280,18 +424,26 @@ pub struct Blob {
     /// Mean signed difference: > 0 the entry held more (something removed), < 0 added.
     pub mean_signed: f64,
     pub peak: f32,
+    /// Sum of the significance (|difference| over the noise) over the blob.
+    pub sum_z: f64,
 }
 
 /// Smoothed significance of the difference: |d| over the local noise, box-averaged over
 /// 3x3 so that isolated noisy pixels fall below the thresholds and areas do not.
-pub fn significance(d: &Plane, e: &Plane, noise: &NoiseModel, roi: &Roi) -> (Plane, Plane) {
+pub fn significance(
+    d: &Plane,
+    e: &Plane,
+    xm: &Plane,
+    noise: &NoiseModel,
+    roi: &Roi,
+) -> (Plane, Plane) {
     let sm = d.box_mean(1, 1);
     let mut abs = Plane::new(d.w, d.h);
     let mut z = Plane::new(d.w, d.h);
     for (x, y) in roi.pixels() {
         let v = sm.at(x, y).abs();
         abs.set(x, y, v);
-        z.set(x, y, v / noise.at(e.at(x, y)));
+        z.set(x, y, v / noise.at(e.at(x, y), xm.at(x, y)));
     }
     (abs, z)
 }
@@ -334,6 +486,7 @@ pub fn blobs(abs: &Plane, z: &Plane, signed: &Plane, p: &MapParams) -> Vec<Blob>
                         sum_abs: 0.0,
                         mean_signed: 0.0,
                         peak: 0.0,
+                        sum_z: 0.0,
                     },
                     0,
                     0.0,
@@ -346,6 +499,7 @@ pub fn blobs(abs: &Plane, z: &Plane, signed: &Plane, p: &MapParams) -> Vec<Blob>
             b.y1 = b.y1.max(y + 1);
             b.pixels += 1;
             b.sum_abs += a as f64;
+            b.sum_z += z.at(x, y) as f64;
             b.peak = b.peak.max(a);
             e.1 += usize::from(strong);
             e.2 += signed.at(x, y) as f64;
@@ -383,6 +537,7 @@ pub fn blobs(abs: &Plane, z: &Plane, signed: &Plane, p: &MapParams) -> Vec<Blob>
                     a.0.y1 = a.0.y1.max(b.y1);
                     a.0.pixels += b.pixels;
                     a.0.sum_abs += b.sum_abs;
+                    a.0.sum_z += b.sum_z;
                     a.0.peak = a.0.peak.max(b.peak);
                     a.1 += s2;
                     a.2 += g2;
@@ -439,7 +594,7 @@ mod tests {
             h: 100,
         };
         let f = fit_response(&e, &x, &roi);
-        let probe = 0.9 * 1.0 - 0.08;
+        let probe = 0.9 * 1.0 - 0.08 * 1.0;
         assert!((f.apply(probe) - 1.0).abs() < 0.02, "{f:?}");
     }
 
@@ -466,9 +621,9 @@ mod tests {
             w: 240,
             h: 120,
         };
-        let d = tolerant_diff(&e, &x, TOLERANCE_PX);
+        let d = tolerant_diff(&e, &x, 2);
         let noise = NoiseModel::measure(&e, &x, &roi);
-        let (abs, z) = significance(&d, &e, &noise, &roi);
+        let (abs, z) = significance(&d, &e, &x, &noise, &roi);
         let p = MapParams {
             low_abs: 0.06,
             low_sigma: 4.0,

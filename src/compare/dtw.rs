@@ -164,6 +164,7 @@ const UP: u8 = 2;
 const LEFT: u8 = 3;
 
 /// Warps `a` onto `b` within `band`. `None` if either sequence is empty.
+#[allow(clippy::needless_range_loop)] // cells are addressed by (i, j) throughout
 pub fn dtw(a: &Feats, b: &Feats, band: &Band, p: &DtwParams) -> Option<DtwPath> {
     let (n, m) = (a.n, b.n);
     if n == 0 || m == 0 || a.b != b.b {

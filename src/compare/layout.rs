@@ -19,6 +19,8 @@ const ROOF_TOL_MM: f64 = 60.0;
 const ROOF_GAP_MM: f64 = 150.0;
 /// How much longer one end must be than the other to say the tractor is there (mm).
 const CAB_MARGIN_MM: f64 = 1500.0;
+/// A tractor's cab reaches at least this high above the lowest part of the vehicle (mm).
+const CAB_MIN_HEIGHT_MM: f64 = 2500.0;
 
 /// One load carrier, in analysis pixels: columns `c0..c1`, roof and floor rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,9 +158,24 @@ pub fn find(att: &Plane, mm: [f64; 2]) -> Result<Layout, LayoutError> {
         });
     }
     let (c0, c1) = (spans[0].c0, spans[spans.len() - 1].c1);
+    // The tractor is the tall thing beyond one end of the load (a cab stands ~3-4 m high;
+    // a bare chassis or a trailer's tail ~1.5 m); failing that, the longer end.
+    let gap = (300.0 / mm[0]).round() as usize;
+    let tallest = |a: usize, b: usize| -> f64 {
+        (a..b)
+            .map(|x| top[x])
+            .min()
+            .map_or(0.0, |t| (lowest as f64 - t as f64) * mm[1])
+    };
+    let left_h = tallest(v0, c0.saturating_sub(gap).max(v0));
+    let right_h = tallest((c1 + gap).min(v1), v1);
     let left_mm = (c0 - v0) as f64 * mm[0];
     let right_mm = (v1 - c1) as f64 * mm[0];
-    let cab_left = if left_mm > right_mm + CAB_MARGIN_MM {
+    let cab_left = if left_h >= CAB_MIN_HEIGHT_MM && right_h < CAB_MIN_HEIGHT_MM - 500.0 {
+        Some(true)
+    } else if right_h >= CAB_MIN_HEIGHT_MM && left_h < CAB_MIN_HEIGHT_MM - 500.0 {
+        Some(false)
+    } else if left_mm > right_mm + CAB_MARGIN_MM {
         Some(true)
     } else if right_mm > left_mm + CAB_MARGIN_MM {
         Some(false)

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod diff;
 pub mod dtw;
+pub mod http;
 pub mod layout;
 pub mod plane;
 pub mod prep;
@@ -27,7 +28,8 @@ use image::RgbaImage;
 use serde::Serialize;
 
 use crate::imaging::Gray16;
-use diff::{MapParams, NoiseModel, Roi, TOLERANCE_PX};
+use crate::scan::CabSide;
+use diff::{MapParams, NoiseModel, Roi};
 use plane::Plane;
 use prep::{ln_table, Prepared};
 use register::ncc;
@@ -39,6 +41,9 @@ pub struct Input<'a> {
     pub image: &'a Gray16,
     /// [horizontal, vertical] mm per pixel, when the scanner says.
     pub pixel_mm: Option<[f64; 2]>,
+    /// The sidecar's `image.cab_side`: a hint for the orientation, used only when the
+    /// images leave it open.
+    pub cab_side: Option<CabSide>,
 }
 
 /// The decision thresholds (config `[transit]`, per site).
@@ -58,8 +63,8 @@ pub struct Thresholds {
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            min_region_m2: 0.1,
-            refer_score: 0.5,
+            min_region_m2: 0.02,
+            refer_score: 0.35,
             alert_score: 0.9,
             alert_min_area_m2: 0.25,
             min_alignment_quality: 0.5,
@@ -68,16 +73,37 @@ impl Default for Thresholds {
 }
 
 /// Thresholds of the change map itself (not per site: they follow from the physics of
-/// the analysis grid and were tuned on simulator pairs).
-const MAP: MapParams = MapParams {
-    low_abs: 0.06,
-    low_sigma: 4.0,
-    high_abs: 0.15,
-    high_sigma: 8.0,
-    min_seed_px: 40,
-    group_px: 15,
-    min_thickness_px: 2.5,
-};
+/// the analysis grid and were tuned on simulator pairs). Sizes are in millimetres and
+/// become pixels through the analysis grid's pitch.
+const LOW_ABS: f32 = 0.06;
+const LOW_SIGMA: f32 = 4.0;
+const HIGH_ABS: f32 = 0.15;
+const HIGH_SIGMA: f32 = 8.0;
+/// Strong pixels a change needs (area, mm²).
+const MIN_SEED_MM2: f64 = 4000.0;
+/// Pieces of change closer than this are one region (mm).
+const GROUP_MM: f64 = 350.0;
+/// Thinner pieces are misregistration along an edge (mm).
+const MIN_THICKNESS_MM: f64 = 50.0;
+/// Misalignment the difference tolerates (mm).
+const TOLERANCE_MM: f64 = 20.0;
+
+fn map_params(mm: [f64; 2]) -> MapParams {
+    let pitch = 0.5 * (mm[0] + mm[1]);
+    MapParams {
+        low_abs: LOW_ABS,
+        low_sigma: LOW_SIGMA,
+        high_abs: HIGH_ABS,
+        high_sigma: HIGH_SIGMA,
+        min_seed_px: ((MIN_SEED_MM2 / (mm[0] * mm[1])).round() as usize).max(4),
+        group_px: ((GROUP_MM / pitch).round() as usize).max(2),
+        min_thickness_px: ((MIN_THICKNESS_MM / pitch) as f32).max(1.5),
+    }
+}
+
+fn tolerance_px(mm: [f64; 2]) -> usize {
+    ((TOLERANCE_MM / (0.5 * (mm[0] + mm[1]))).round() as usize).max(1)
+}
 
 /// Integrated attenuation change (optical depth x m²) that scores 1 - 1/e.
 const SCORE_SCALE_OD_M2: f64 = 0.05;
@@ -104,6 +130,8 @@ pub struct Region {
     pub kind: &'static str,
     /// Mean attenuation change over the region (optical depth, entry minus exit).
     pub mean_delta: f64,
+    /// Mean significance: |change| in multiples of the noise at that attenuation.
+    pub mean_z: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -167,6 +195,9 @@ pub struct Comparison {
     pub change_score: Option<f64>,
     /// Regions over the thresholds, strongest first.
     pub regions: Vec<Region>,
+    /// Every changed area found, strongest first, before the thresholds (for analysts
+    /// and tuning; not part of the verdict).
+    pub candidates: Vec<Region>,
     /// 0..1: how well the exit's load carrier matches the entry's once aligned.
     pub alignment_quality: Option<f64>,
     pub mirrored: Option<bool>,
@@ -185,6 +216,7 @@ fn inconclusive(reason: String, details: Details, timings: Timings) -> Compariso
         reason: Some(reason),
         change_score: None,
         regions: Vec::new(),
+        candidates: Vec::new(),
         alignment_quality: None,
         mirrored: None,
         details,
@@ -216,9 +248,13 @@ pub fn compare(
     let mut det = Details::default();
 
     let t = Instant::now();
+    let target = prep::common_target(
+        prep::native_mm(entry.image.height() as usize, entry.pixel_mm).0,
+        prep::native_mm(exit.image.height() as usize, exit.pixel_mm).0,
+    );
     let (pe, px) = both(
-        || prep::prepare(entry.image, entry.pixel_mm),
-        || prep::prepare(exit.image, exit.pixel_mm),
+        || prep::prepare(entry.image, entry.pixel_mm, target),
+        || prep::prepare(exit.image, exit.pixel_mm, target),
     );
     tm.prepare_ms = ms(t);
     det.entry_grid = [pe.att.w, pe.att.h];
@@ -251,7 +287,11 @@ pub fn compare(
     };
 
     let t = Instant::now();
-    let al = register::register(&pe, &le, &px, &lx);
+    let sidecar_mirrored = match (entry.cab_side, exit.cab_side) {
+        (Some(a), Some(b)) => Some(a != b),
+        _ => None,
+    };
+    let al = register::register(&pe, &le, &px, &lx, sidecar_mirrored);
     tm.register_ms = ms(t);
     let al = match al {
         Ok(a) => a,
@@ -268,28 +308,56 @@ pub fn compare(
 
     let t = Instant::now();
     let (w, h) = (pe.att.w, pe.att.h);
-    let warped = register::warp(&px.att, &al, w, h);
-    let roi = Roi::from_spans(&le.spans, w, h);
+    // Everything from here works on the load's bounding box only.
+    let roi_full = Roi::from_spans(&le.spans, w, h, pe.mm);
+    let [rx0, ry0, rx1, ry1] = roi_full.bbox();
+    // The crop also holds the carriers' shells (end walls, floor) for the quality check.
+    let pad = 4;
+    let floor_row = le
+        .spans
+        .iter()
+        .map(|s| s.floor.ceil() as usize)
+        .max()
+        .unwrap_or(ry1);
+    let (bx0, by0) = (rx0.saturating_sub(pad), ry0.saturating_sub(pad));
+    let (bx1, by1) = ((rx1 + pad).min(w), (floor_row + pad).max(ry1).min(h));
+    let (cw, ch) = (bx1 - bx0, by1 - by0);
+    let roi = roi_full.shifted(bx0, by0, cw, ch);
+    let e = pe.att.crop(bx0, by0, bx1, by1);
+    let (gx, gy) = register::coords(&al, &refine::Field::zero(), bx0, by0, cw, ch);
+    let warped = register::warp_at(&px.att, &gx, &gy);
     let px_m2 = pe.mm[0] * pe.mm[1] / 1e6;
     det.compared_m2 = Some(roi.area() as f64 * px_m2);
-    let response = diff::fit_response(&pe.att, &warped, &roi);
+    let response = diff::fit_response(&e, &warped, &roi);
     det.response = Some(response.c);
     let mut xm = warped;
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
-    let field = refine::estimate(&pe.att, &xm, &roi);
+    // Registration uses the whole crop: the roof, the floor and the end walls anchor it.
+    let whole = Roi {
+        rects: vec![[0, 0, cw, ch]],
+        w: cw,
+        h: ch,
+    };
+    let mut field = refine::estimate(&e, &xm, &whole);
+    field.translate(bx0 as f32, by0 as f32);
     det.refine_max_px = Some(round3(field.max_abs() as f64));
-    let (cx, cy) = register::coords(&al, &field, w, h);
+    let (cx, cy) = register::coords(&al, &field, bx0, by0, cw, ch);
     let mut xm = register::warp_at(&px.att, &cx, &cy);
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
-    let d = diff::tolerant_diff(&pe.att, &xm, TOLERANCE_PX);
-    let noise = NoiseModel::measure(&pe.att, &xm, &roi);
-    let (abs, z) = diff::significance(&d, &pe.att, &noise, &roi);
-    let blobs = diff::blobs(&abs, &z, &d, &MAP);
-    let quality = alignment_quality(&pe.att, &xm, &roi, &blobs);
+    let d = diff::tolerant_diff(&e, &xm, tolerance_px(pe.mm));
+    let noise = NoiseModel::measure(&e, &xm, &roi);
+    let (abs, z) = diff::significance(&d, &e, &xm, &noise, &roi);
+    let blobs = diff::blobs(&abs, &z, &d, &map_params(pe.mm));
+    let quality = alignment_quality(
+        &e,
+        &xm,
+        &shell_bands(&le.spans, pe.mm, [bx0, by0], cw, ch),
+        &blobs,
+    );
     tm.difference_ms = ms(t);
 
     let mut regions: Vec<Region> = blobs
@@ -306,15 +374,17 @@ pub fn compare(
                 "mixed"
             };
             let (kx, ky) = (pe.kx as u32, pe.ky as u32);
+            let (ox, oy) = (bx0 as u32, by0 as u32);
             Region {
-                x0: b.x0 as u32 * kx,
-                y0: b.y0 as u32 * ky,
-                x1: (b.x1 as u32 * kx).min(pe.src_w as u32),
-                y1: (b.y1 as u32 * ky).min(pe.src_h as u32),
+                x0: (b.x0 as u32 + ox) * kx,
+                y0: (b.y0 as u32 + oy) * ky,
+                x1: ((b.x1 as u32 + ox) * kx).min(pe.src_w as u32),
+                y1: ((b.y1 as u32 + oy) * ky).min(pe.src_h as u32),
                 area_m2: pe.mm_known.then_some(round3(area)),
                 score: round3(score),
                 kind,
                 mean_delta: round3(b.mean_signed),
+                mean_z: round3(b.sum_z / b.pixels.max(1) as f64),
             }
         })
         .collect();
@@ -325,19 +395,20 @@ pub fn compare(
             ((r.x1 - r.x0) as f64 / pe.kx as f64) * ((r.y1 - r.y0) as f64 / pe.ky as f64) * px_m2
         })
     };
+    let candidates = regions.clone();
     regions.retain(|r| r.score >= th.refer_score && area_of(r) >= th.min_region_m2);
 
     let outputs = with_outputs.then(|| {
         let t = Instant::now();
+        let (fx, fy) = register::coords(&al, &field, 0, 0, w, h);
         let o = render_outputs(
             entry.image,
             &pe,
             exit.image,
             &px,
-            (&cx, &cy),
+            (&fx, &fy),
             &response,
-            &abs,
-            &d,
+            (&abs, &d, [bx0, by0]),
             &roi,
         );
         tm.outputs_ms = ms(t);
@@ -371,6 +442,7 @@ pub fn compare(
         mirrored: Some(al.mirrored),
         details: det,
         timings: tm,
+        candidates,
         outputs,
     }
 }
@@ -379,27 +451,88 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// How well the aligned exit matches the entry where nothing changed: the correlation of
-/// the two over the compared area outside the changed regions (grown by a margin).
-fn alignment_quality(e: &Plane, x: &Plane, roi: &Roi, blobs: &[diff::Blob]) -> f64 {
-    let m = 4usize;
-    let outside = |px: usize, py: usize| {
+/// The carriers' own structure, which no tampering with the load moves: a band along the
+/// roof and top rails, one just above the floor ridge (below it the trailer, maybe another
+/// one, begins), and one inside each end wall. Pixels of the `w` x `h` crop at `off`,
+/// band by band.
+fn shell_bands(
+    spans: &[layout::Span],
+    mm: [f64; 2],
+    off: [usize; 2],
+    w: usize,
+    h: usize,
+) -> Vec<Vec<(usize, usize)>> {
+    let roof_band = (60.0 / mm[1]).round() as i64 + 2;
+    let floor_band = (30.0 / mm[1]).round() as i64 + 2;
+    let end_band = (250.0 / mm[0]).round() as i64;
+    let (ox, oy) = (off[0] as i64, off[1] as i64);
+    let rect = |x0: i64, y0: i64, x1: i64, y1: i64| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for y in (y0 - oy).max(0)..(y1 - oy).min(h as i64) {
+            for x in (x0 - ox).max(0)..(x1 - ox).min(w as i64) {
+                out.push((x as usize, y as usize));
+            }
+        }
+        out
+    };
+    let mut bands = Vec::new();
+    for s in spans {
+        let (c0, c1) = (s.c0 as i64, s.c1 as i64);
+        let (roof, floor) = (s.roof.round() as i64, s.floor.round() as i64);
+        bands.push(rect(c0, roof - 2, c1, roof + roof_band));
+        bands.push(rect(c0, floor - floor_band, c1, floor + 1));
+        bands.push(rect(
+            c0 - 2,
+            roof + roof_band,
+            c0 + end_band,
+            floor - floor_band,
+        ));
+        bands.push(rect(
+            c1 - end_band,
+            roof + roof_band,
+            c1 + 2,
+            floor - floor_band,
+        ));
+    }
+    bands
+}
+
+/// How well the aligned exit matches the entry on the carriers' shells: the correlation
+/// of the two in each band, away from the changes found (goods against a wall are not
+/// the wall), averaged by pixels. A load changed however much leaves the shell alone; a
+/// pair that was not aligned (or not the same kind of carrier) does not match there.
+fn alignment_quality(
+    e: &Plane,
+    x: &Plane,
+    bands: &[Vec<(usize, usize)>],
+    blobs: &[diff::Blob],
+) -> f64 {
+    let m = 3usize;
+    let clear = |px: usize, py: usize| {
         !blobs
             .iter()
             .any(|b| px + m >= b.x0 && px < b.x1 + m && py + m >= b.y0 && py < b.y1 + m)
     };
-    let mut a = Vec::new();
-    let mut b = Vec::new();
-    for (px, py) in roi.pixels() {
-        if outside(px, py) {
-            a.push(e.at(px, py));
-            b.push(x.at(px, py));
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for band in bands {
+        let kept: Vec<(usize, usize)> = band
+            .iter()
+            .copied()
+            .filter(|&(px, py)| clear(px, py))
+            .collect();
+        if kept.len() < 60 {
+            continue;
         }
+        let a: Vec<f32> = kept.iter().map(|&(px, py)| e.at(px, py)).collect();
+        let b: Vec<f32> = kept.iter().map(|&(px, py)| x.at(px, py)).collect();
+        sum += ncc(&a, &b).max(0.0) * kept.len() as f64;
+        n += kept.len();
     }
-    if a.len() < 100 {
-        return 0.0;
+    if n < 100 {
+        0.0
+    } else {
+        sum / n as f64
     }
-    ncc(&a, &b).max(0.0)
 }
 
 /// Full-size aligned exit and heatmap for the operator.
@@ -411,10 +544,11 @@ fn render_outputs(
     px: &Prepared,
     coords: (&Plane, &Plane),
     response: &diff::Response,
-    abs: &Plane,
-    signed: &Plane,
+    change: (&Plane, &Plane, [usize; 2]),
     roi: &Roi,
 ) -> Outputs {
+    // The change planes cover the load's box at `off` on the analysis grid.
+    let (abs, signed, off) = change;
     let (w, h) = (entry.width() as usize, entry.height() as usize);
     let (xw, xh) = (exit.width() as usize, exit.height() as usize);
     let (cx, cy) = coords;
@@ -462,13 +596,13 @@ fn render_outputs(
         .expect("the aligned image has the entry's size");
 
     // Heatmap: one colour per analysis pixel, then blown up to the entry's size.
-    let (aw, ah) = (abs.w, abs.h);
+    let (aw, ah) = (pe.att.w, pe.att.h);
     let mut cell = vec![[0u8; 4]; aw * ah];
     for (x, y) in roi.pixels() {
         let a = abs.at(x, y);
-        let i = y * aw + x;
-        if a > MAP.low_abs {
-            let t = ((a - MAP.low_abs) / 0.5).clamp(0.0, 1.0);
+        let i = (y + off[1]) * aw + x + off[0];
+        if a > LOW_ABS {
+            let t = ((a - LOW_ABS) / 0.5).clamp(0.0, 1.0);
             let alpha = (110.0 + 140.0 * t) as u8;
             cell[i] = if signed.at(x, y) >= 0.0 {
                 // Removed (the entry held more): yellow to red.
@@ -480,20 +614,20 @@ fn render_outputs(
         }
     }
     // The compared area's outline, faint, so the operator sees what was compared.
+    let mut outline = |x: usize, y: usize| {
+        let i = (y + off[1]) * aw + x + off[0];
+        if cell[i][3] == 0 {
+            cell[i] = [80, 220, 120, 150];
+        }
+    };
     for r in &roi.rects {
         for x in r[0]..r[2] {
-            for y in [r[1], r[3].saturating_sub(1)] {
-                if cell[y * aw + x][3] == 0 {
-                    cell[y * aw + x] = [80, 220, 120, 150];
-                }
-            }
+            outline(x, r[1]);
+            outline(x, r[3].saturating_sub(1));
         }
         for y in r[1]..r[3] {
-            for x in [r[0], r[2].saturating_sub(1)] {
-                if cell[y * aw + x][3] == 0 {
-                    cell[y * aw + x] = [80, 220, 120, 150];
-                }
-            }
+            outline(r[0], y);
+            outline(r[2].saturating_sub(1), y);
         }
     }
     let mut heat = RgbaImage::new(w as u32, h as u32);

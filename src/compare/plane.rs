@@ -71,6 +71,17 @@ impl Plane {
         a + (b - a) * fy
     }
 
+    /// The rectangle `x0..x1` x `y0..y1`.
+    pub fn crop(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> Plane {
+        let (w, h) = (x1 - x0, y1 - y0);
+        let mut out = Plane::new(w, h);
+        for y in 0..h {
+            out.row_mut(y)
+                .copy_from_slice(&self.v[(y + y0) * self.w + x0..(y + y0) * self.w + x1]);
+        }
+        out
+    }
+
     /// Mirror left-right.
     pub fn flipped_h(&self) -> Plane {
         let mut out = self.clone();
@@ -103,6 +114,7 @@ impl Plane {
     }
 
     /// Separable min (`max = false`) or max filter over (2r+1) x (2r+1).
+    #[allow(clippy::needless_range_loop)]
     pub fn min_max_filter(&self, r: usize, max: bool) -> Plane {
         let (w, h) = (self.w, self.h);
         let pick = |a: f32, b: f32| if max { a.max(b) } else { a.min(b) };

@@ -72,24 +72,39 @@ fn air_levels(img: &Gray16) -> Vec<f32> {
         .collect()
 }
 
-/// Picks the analysis grid's factors for a scan of `h` rows with pixel size `pixel_mm`.
-fn factors(h: usize, pixel_mm: Option<[f64; 2]>) -> ([f64; 2], bool, usize, usize) {
-    let (mm, known) = match pixel_mm {
+/// The pixel size of a scan of `h` rows: the sidecar's, or assumed from the height.
+pub fn native_mm(h: usize, pixel_mm: Option<[f64; 2]>) -> ([f64; 2], bool) {
+    match pixel_mm {
         Some([ph, pv]) if ph > 0.0 && pv > 0.0 => ([ph, pv], true),
         _ => {
             let pv = ASSUMED_COVERAGE_MM / h.max(1) as f64;
             ([pv, pv], false)
         }
-    };
-    let kx = ((ANALYSIS_MM / mm[0]).round() as usize).max(1);
-    let ky = ((ANALYSIS_MM / mm[1]).round() as usize).max(1);
-    (mm, known, kx, ky)
+    }
+}
+
+/// The analysis pitch for comparing two scans of native pitches `a` and `b`: about
+/// [`ANALYSIS_MM`], or the coarser scan's pitch when that is coarser (a reduced entry
+/// image): two scans compared at different sharpness disagree at every edge.
+pub fn common_target(a: [f64; 2], b: [f64; 2]) -> [f64; 2] {
+    [
+        ANALYSIS_MM.max(a[0]).max(b[0]),
+        ANALYSIS_MM.max(a[1]).max(b[1]),
+    ]
+}
+
+/// The analysis grid's factors for a scan with pixel size `mm` and target pitch `target`.
+fn factors(mm: [f64; 2], target: [f64; 2]) -> (usize, usize) {
+    let kx = ((target[0] / mm[0]).round() as usize).max(1);
+    let ky = ((target[1] / mm[1]).round() as usize).max(1);
+    (kx, ky)
 }
 
 /// Converts and averages `img` onto the analysis grid. Blocking, O(pixels).
-pub fn prepare(img: &Gray16, pixel_mm: Option<[f64; 2]>) -> Prepared {
+pub fn prepare(img: &Gray16, pixel_mm: Option<[f64; 2]>, target: [f64; 2]) -> Prepared {
     let (src_w, src_h) = (img.width() as usize, img.height() as usize);
-    let (mm, mm_known, kx, ky) = factors(src_h, pixel_mm);
+    let (mm, mm_known) = native_mm(src_h, pixel_mm);
+    let (kx, ky) = factors(mm, target);
     let (kx, ky) = (kx.min(src_w.max(1)), ky.min(src_h.max(1)));
     let (w, h) = ((src_w / kx).max(1), (src_h / ky).max(1));
     let air = air_levels(img);
@@ -182,7 +197,7 @@ mod tests {
             }
         }
         let img = gray16(w as u32, h as u32, px).unwrap();
-        let p = prepare(&img, Some([5.0, 5.0]));
+        let p = prepare(&img, Some([5.0, 5.0]), [ANALYSIS_MM; 2]);
         assert_eq!((p.kx, p.ky), (2, 2));
         assert_eq!((p.att.w, p.att.h), (100, 50));
         assert!(p.att.at(5, 5).abs() < 1e-3);
@@ -192,10 +207,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_pixel_size_is_assumed_from_the_height() {
-        let (mm, known, kx, ky) = factors(960, None);
+    fn unknown_pixel_size_is_assumed_from_the_height_and_a_coarse_scan_sets_the_pitch() {
+        let (mm, known) = native_mm(960, None);
         assert!(!known);
         assert!((mm[1] - 5.0).abs() < 1e-9);
-        assert_eq!((kx, ky), (2, 2));
+        assert_eq!(factors(mm, [ANALYSIS_MM; 2]), (2, 2));
+        // A half-size entry package at 8.8 x 9.6 mm against a 4 x 5 mm exit.
+        let t = common_target([8.8, 9.6], [4.0, 5.0]);
+        assert_eq!(t, [10.0, 10.0]);
+        let t = common_target([17.6, 19.2], [4.0, 5.0]);
+        assert_eq!(factors([4.0, 5.0], t), (4, 4));
+        assert_eq!(factors([17.6, 19.2], t), (1, 1));
     }
 }

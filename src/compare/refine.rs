@@ -7,7 +7,7 @@
 //! across) can never be matched away. Pure computation.
 
 use super::diff::Roi;
-use super::plane::{median, Plane};
+use super::plane::{median, quantile, Plane};
 
 pub const MAX_DX: i32 = 2;
 pub const MAX_DY: i32 = 3;
@@ -57,6 +57,12 @@ impl Field {
         (lerp(&self.dx), lerp(&self.dy))
     }
 
+    /// Moves the grid by (`dx`, `dy`): a field estimated on a crop, used on the whole.
+    pub fn translate(&mut self, dx: f32, dy: f32) {
+        self.x0 += dx;
+        self.y0 += dy;
+    }
+
     /// Largest displacement in the field (pixels).
     pub fn max_abs(&self) -> f32 {
         self.dx
@@ -97,7 +103,6 @@ pub fn estimate(e: &Plane, w: &Plane, roi: &Roi) -> Field {
     // Residual per pixel at the best shift: a block over a change matches nowhere well.
     let mut resid = vec![f32::NAN; gw * gh];
     let mut ssd = vec![0.0f64; nx * ny];
-    let (w_max, h_max) = (e.w as i64 - 1, e.h as i64 - 1);
     for gj in 0..gh {
         for gi in 0..gw {
             let cx = bx0 + gi * STEP;
@@ -112,28 +117,45 @@ pub fn estimate(e: &Plane, w: &Plane, roi: &Roi) -> Field {
             if xb <= xa + 4 || yb <= ya + 4 {
                 continue;
             }
-            // A block without structure says nothing about where it belongs.
-            let mut grad = 0.0f64;
+            // A block without structure across a direction says nothing about the shift
+            // in that direction (a wall's vertical ribs fix dx, not dy).
+            let (mut gxx, mut gyy) = (0.0f64, 0.0f64);
             for y in ya..yb - 1 {
                 for x in xa..xb - 1 {
                     let v = e.at(x, y);
-                    grad += ((e.at(x + 1, y) - v).powi(2) + (e.at(x, y + 1) - v).powi(2)) as f64;
+                    gxx += ((e.at(x + 1, y) - v) as f64).powi(2);
+                    gyy += ((e.at(x, y + 1) - v) as f64).powi(2);
                 }
             }
-            if grad / (((xb - xa) * (yb - ya)) as f64) < 1e-3 {
+            let n = ((xb - xa) * (yb - ya)) as f64;
+            let (x_known, y_known) = (gxx / n >= 5e-4, gyy / n >= 5e-4);
+            if !x_known && !y_known {
                 continue;
             }
-            ssd.iter_mut().for_each(|s| *s = 0.0);
-            for y in ya..yb {
-                for x in xa..xb {
-                    let ev = e.at(x, y);
-                    for (k, s) in ssd.iter_mut().enumerate() {
-                        let sx = (x as i64 + (k % nx) as i64 - MAX_DX as i64).clamp(0, w_max);
-                        let sy = (y as i64 + (k / nx) as i64 - MAX_DY as i64).clamp(0, h_max);
-                        let d = ev - w.at(sx as usize, sy as usize);
-                        *s += (d * d) as f64;
+            // Pixels whose every shifted partner lies inside the plane, every other one in
+            // each direction (the field is smooth; the blocks overlap).
+            let xa = xa.max(MAX_DX as usize);
+            let ya = ya.max(MAX_DY as usize);
+            let xb = xb.min(e.w - MAX_DX as usize);
+            let yb = yb.min(e.h - MAX_DY as usize);
+            if xb <= xa + 4 || yb <= ya + 4 {
+                continue;
+            }
+            for (k, s) in ssd.iter_mut().enumerate() {
+                let sx = (k % nx) as i64 - MAX_DX as i64;
+                let sy = (k / nx) as i64 - MAX_DY as i64;
+                let mut acc = 0.0f32;
+                for y in (ya..yb).step_by(2) {
+                    let er = &e.row(y)[xa..xb];
+                    let wy = (y as i64 + sy) as usize;
+                    let wx0 = (xa as i64 + sx) as usize;
+                    let wr = &w.row(wy)[wx0..wx0 + (xb - xa)];
+                    for (a, b) in er.iter().zip(wr.iter()) {
+                        let d = a - b;
+                        acc += d * d;
                     }
                 }
+                *s = acc as f64;
             }
             let (k, _) = ssd
                 .iter()
@@ -151,21 +173,29 @@ pub fn estimate(e: &Plane, w: &Plane, roi: &Roi) -> Field {
             } else {
                 0.0
             };
-            dx[gj * gw + gi] = ix as f32 - MAX_DX as f32 + sub_x;
-            dy[gj * gw + gi] = iy as f32 - MAX_DY as f32 + sub_y;
-            resid[gj * gw + gi] = (ssd[k] / ((xb - xa) * (yb - ya)) as f64) as f32;
+            if x_known {
+                dx[gj * gw + gi] = ix as f32 - MAX_DX as f32 + sub_x;
+            }
+            if y_known {
+                dy[gj * gw + gi] = iy as f32 - MAX_DY as f32 + sub_y;
+            }
+            resid[gj * gw + gi] = (ssd[k] / ((xb - xa) * (yb - ya) / 2).max(1) as f64) as f32;
         }
     }
+    // A lower quantile sets the bar: when much of the load changed, the median block is
+    // itself a changed one.
     let mut known: Vec<f32> = resid.iter().copied().filter(|v| v.is_finite()).collect();
-    let limit = (4.0 * median(&mut known)).max(0.02 * 0.02);
+    let limit = (4.0 * quantile(&mut known, 0.3)).max(0.02 * 0.02);
     for k in 0..gw * gh {
-        if resid[k].is_finite() && resid[k] > limit {
+        if resid[k].is_nan() || resid[k] > limit {
             dx[k] = f32::NAN;
             dy[k] = f32::NAN;
         }
     }
     let dx = smooth(&fill(&dx, gw, gh), gw, gh);
-    let dy = smooth(&fill(&dy, gw, gh), gw, gh);
+    // Vertically, what is left is a slightly wrong scale, offset or tilt of the carrier:
+    // a bilinear surface, fitted robustly, not a field that could ripple around changes.
+    let dy = bilinear_fit(&dy, gw, gh);
     Field {
         x0,
         y0,
@@ -174,6 +204,79 @@ pub fn estimate(e: &Plane, w: &Plane, roi: &Roi) -> Field {
         dx,
         dy,
     }
+}
+
+/// Robust fit of dy = p0 + p1 i + p2 j + p3 i j over the known cells (IRLS, Huber); 0 where
+/// too few are known.
+fn bilinear_fit(v: &[f32], gw: usize, gh: usize) -> Vec<f32> {
+    let pts: Vec<(f64, f64, f64)> = (0..gw * gh)
+        .filter(|&k| v[k].is_finite())
+        .map(|k| ((k % gw) as f64, (k / gw) as f64, v[k] as f64))
+        .collect();
+    if pts.len() < 8 {
+        return vec![0.0; gw * gh];
+    }
+    let basis = |i: f64, j: f64| [1.0, i, j, i * j];
+    let mut p = [0.0f64; 4];
+    let mut w = vec![1.0f64; pts.len()];
+    for _ in 0..6 {
+        let mut m = [[0.0f64; 4]; 4];
+        let mut r = [0.0f64; 4];
+        for (k, &(i, j, d)) in pts.iter().enumerate() {
+            let b = basis(i, j);
+            for a in 0..4 {
+                r[a] += w[k] * b[a] * d;
+                for c in 0..4 {
+                    m[a][c] += w[k] * b[a] * b[c];
+                }
+            }
+        }
+        match solve4(m, r) {
+            Some(q) => p = q,
+            None => break,
+        }
+        for (k, &(i, j, d)) in pts.iter().enumerate() {
+            let b = basis(i, j);
+            let res = (d - (0..4).map(|a| p[a] * b[a]).sum::<f64>()).abs();
+            w[k] = if res <= 0.5 { 1.0 } else { 0.5 / res };
+        }
+    }
+    (0..gw * gh)
+        .map(|k| {
+            let b = basis((k % gw) as f64, (k / gw) as f64);
+            let d: f64 = (0..4).map(|a| p[a] * b[a]).sum();
+            d.clamp(-(MAX_DY as f64), MAX_DY as f64) as f32
+        })
+        .collect()
+}
+
+/// Solves the 4x4 system `m z = r` (Gaussian elimination with pivoting).
+#[allow(clippy::needless_range_loop)]
+fn solve4(mut m: [[f64; 4]; 4], mut r: [f64; 4]) -> Option<[f64; 4]> {
+    for col in 0..4 {
+        let piv = (col..4).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+        if m[piv][col].abs() < 1e-9 {
+            return None;
+        }
+        m.swap(col, piv);
+        r.swap(col, piv);
+        for row in col + 1..4 {
+            let f = m[row][col] / m[col][col];
+            for k in col..4 {
+                m[row][k] -= f * m[col][k];
+            }
+            r[row] -= f * r[col];
+        }
+    }
+    let mut z = [0.0; 4];
+    for row in (0..4).rev() {
+        let mut s = r[row];
+        for k in row + 1..4 {
+            s -= m[row][k] * z[k];
+        }
+        z[row] = s / m[row][row];
+    }
+    Some(z)
 }
 
 /// Unknown cells take the mean of known neighbours, spreading outwards; 0 if none known.

@@ -256,12 +256,19 @@ const LOAD_MARGIN_MM: f64 = 400.0;
 /// other for the images to overrule it.
 const OVERRULE: f32 = 1.3;
 
+/// Below this ratio of DTW costs the two orientations match about equally well.
+const AMBIGUOUS: f32 = 1.05;
+
 /// Registers `x` (exit) onto `e` (entry).
+///
+/// `sidecar_mirrored` is what the sidecars' `cab_side` say; it only decides the
+/// orientation when the images cannot.
 pub fn register(
     e: &Prepared,
     le: &Layout,
     x: &Prepared,
     lx: &Layout,
+    sidecar_mirrored: Option<bool>,
 ) -> Result<Alignment, AlignError> {
     let (se, sx) = (le.main(), lx.main());
     let vmap = vertical(e, se, x, sx)?;
@@ -338,7 +345,13 @@ pub fn register(
                 (by_tractor, "tractor position")
             }
         }
-        _ => (by_images, "image match"),
+        _ => {
+            let ratio = cf.max(cr) / cf.min(cr).max(1e-9);
+            match sidecar_mirrored {
+                Some(m) if ratio < AMBIGUOUS => (m, "sidecar cab_side (the images are ambiguous)"),
+                _ => (by_images, "image match"),
+            }
+        }
     };
     let (fine, x0) = if mirrored { rev } else { fwd }.ok_or(AlignError::Warp { percent: 0.0 })?;
 
@@ -409,22 +422,16 @@ pub fn register(
     })
 }
 
-/// The exit plane resampled onto the entry grid (`w` x `h`) through `al`.
-pub fn warp(x: &Plane, al: &Alignment, w: usize, h: usize) -> Plane {
-    let mut out = Plane::new(w, h);
-    for y in 0..h {
-        let ys = al.vmap.apply(y as f64) as f32;
-        let row = out.row_mut(y);
-        for (xx, o) in row.iter_mut().enumerate() {
-            *o = x.sample(al.col_map[xx], ys);
-        }
-    }
-    out
-}
-
-/// The exit coordinates (analysis pixels, column and row planes) that every entry analysis
-/// pixel maps to, through `al` refined by `field`.
-pub fn coords(al: &Alignment, field: &Field, w: usize, h: usize) -> (Plane, Plane) {
+/// The exit coordinates (analysis pixels, column and row planes) of the entry analysis
+/// pixels in the `w` x `h` rectangle at (`x0`, `y0`), through `al` refined by `field`.
+pub fn coords(
+    al: &Alignment,
+    field: &Field,
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+) -> (Plane, Plane) {
     let n = al.col_map.len();
     let col_at = |x: f32| {
         let x = x.clamp(0.0, (n - 1) as f32);
@@ -433,11 +440,13 @@ pub fn coords(al: &Alignment, field: &Field, w: usize, h: usize) -> (Plane, Plan
         al.col_map[i] + (al.col_map[j] - al.col_map[i]) * (x - i as f32)
     };
     let (mut cx, mut cy) = (Plane::new(w, h), Plane::new(w, h));
-    for y in 0..h {
-        for x in 0..w {
-            let (dx, dy) = field.at(x as f32, y as f32);
-            cx.set(x, y, col_at(x as f32 + dx));
-            cy.set(x, y, al.vmap.apply((y as f32 + dy) as f64) as f32);
+    for j in 0..h {
+        let y = (y0 + j) as f32;
+        for i in 0..w {
+            let x = (x0 + i) as f32;
+            let (dx, dy) = field.at(x, y);
+            cx.set(i, j, col_at(x + dx));
+            cy.set(i, j, al.vmap.apply((y + dy) as f64) as f32);
         }
     }
     (cx, cy)
@@ -509,7 +518,7 @@ mod tests {
             let (pe, px) = (prepared(e), prepared(x));
             let le = find(&pe.att, pe.mm).unwrap();
             let lx = find(&px.att, px.mm).unwrap();
-            let al = register(&pe, &le, &px, &lx).unwrap();
+            let al = register(&pe, &le, &px, &lx, None).unwrap();
             assert_eq!(al.mirrored, mirrored);
             assert!((al.vmap.a - 1.08).abs() < 0.01, "{:?}", al.vmap);
             assert!(

@@ -27,6 +27,7 @@ use crate::ingest::{sync_dir, CANONICAL_IMAGE};
 use crate::metrics::Metrics;
 use crate::pipeline::{auto_verdict, NodeIdentity};
 use crate::scan::verdict::{ChangedRegion, Outcome, TransitResult, TransitStatus, Verdict};
+use crate::scan::CabSide;
 use crate::store::scans::ScanRecord;
 use crate::store::transit::{self as tstore, Awaiting, EntrySource};
 use crate::store::{self, Store, StoreError};
@@ -52,6 +53,10 @@ pub struct TransitCheck {
 fn pixel_mm(sidecar: Option<&serde_json::Value>) -> Option<[f64; 2]> {
     let v = sidecar?.pointer("/image/pixel_mm")?.as_array()?;
     Some([v.first()?.as_f64()?, v.get(1)?.as_f64()?])
+}
+
+fn cab_side(sidecar: Option<&serde_json::Value>) -> Option<CabSide> {
+    CabSide::parse(sidecar?.pointer("/image/cab_side")?.as_str()?)
 }
 
 fn containers_text(c: &[String]) -> String {
@@ -327,13 +332,19 @@ impl Transit {
     async fn compare_with(&self, exit: &ScanRecord, src: EntrySource) -> TransitCheck {
         let inner = &self.inner;
         let entry_id = src.scan_id().to_string();
-        let (entry_path, entry_mm) = match &src {
+        let (entry_path, entry_mm, entry_cab) = match &src {
             EntrySource::Local(s) => (
                 inner.data_dir.join(&s.image_dir).join(CANONICAL_IMAGE),
                 pixel_mm(s.sidecar.as_ref()),
+                cab_side(s.sidecar.as_ref()),
             ),
-            EntrySource::Package(p) => (inner.data_dir.join(&p.image_path), p.package.pixel_mm),
+            EntrySource::Package(p) => (
+                inner.data_dir.join(&p.image_path),
+                p.package.pixel_mm,
+                cab_side(Some(&p.package.sidecar)),
+            ),
         };
+        let exit_cab = cab_side(exit.sidecar.as_ref());
         let exit_dir = inner.data_dir.join(&exit.image_dir);
         let exit_path = exit_dir.join(CANONICAL_IMAGE);
         let exit_mm = pixel_mm(exit.sidecar.as_ref());
@@ -349,10 +360,12 @@ impl Transit {
                 Input {
                     image: &e,
                     pixel_mm: entry_mm,
+                    cab_side: entry_cab,
                 },
                 Input {
                     image: &x,
                     pixel_mm: exit_mm,
+                    cab_side: exit_cab,
                 },
                 &th,
                 true,
@@ -608,6 +621,7 @@ mod tests {
             status,
             reason: (status == Status::Inconclusive).then(|| "cannot align".to_string()),
             change_score: Some(regions.first().map_or(0.1, |r| r.score)),
+            candidates: regions.clone(),
             regions,
             alignment_quality: Some(0.97),
             mirrored: Some(true),
@@ -627,6 +641,7 @@ mod tests {
             score,
             kind: "added",
             mean_delta: -0.4,
+            mean_z: 20.0,
         }
     }
 

@@ -68,6 +68,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/scans/{id}/image.png", get(api::scan_image))
         .route("/api/v1/scans/{id}/image16.png", get(api::scan_image16))
         .route("/api/v1/rejects", get(api::list_rejects))
+        // Transit check images (src/compare/http.rs).
+        .route(
+            "/api/v1/scans/{id}/transit/aligned.png",
+            get(crate::compare::http::aligned),
+        )
+        .route(
+            "/api/v1/scans/{id}/transit/aligned16.png",
+            get(crate::compare::http::aligned16),
+        )
+        .route(
+            "/api/v1/scans/{id}/transit/heatmap.png",
+            get(crate::compare::http::heatmap),
+        )
+        .route(
+            "/api/v1/scans/{id}/transit/entry.png",
+            get(crate::compare::http::entry),
+        )
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
