@@ -156,6 +156,9 @@ enum BenchWhat {
         /// Also render the full-size aligned image and heatmap (timed).
         #[arg(long)]
         outputs: bool,
+        /// Withhold the sidecars' pixel sizes (scales are then estimated from the images).
+        #[arg(long)]
+        no_pixel_mm: bool,
         /// Write the pairs the check got wrong into this folder (drops + truth).
         #[arg(long)]
         dump: Option<PathBuf>,
@@ -284,6 +287,7 @@ async fn main() -> Result<()> {
                 tamper_rate,
                 entry_reduction,
                 outputs,
+                no_pixel_mm,
                 dump,
                 verbose,
                 config,
@@ -307,6 +311,7 @@ async fn main() -> Result<()> {
                     tamper_rate,
                     entry_reduction,
                     outputs,
+                    no_pixel_mm,
                     dump,
                     verbose,
                 };

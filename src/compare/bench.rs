@@ -25,6 +25,8 @@ pub struct BenchArgs {
     pub entry_reduction: Option<f64>,
     /// Also produce the full-size aligned image and heatmap (timed).
     pub outputs: bool,
+    /// Withhold the sidecars' pixel sizes: scales are then estimated from the images.
+    pub no_pixel_mm: bool,
     /// Write the drops and truth of every pair the check got wrong here.
     pub dump: Option<PathBuf>,
     /// Print one line per pair.
@@ -52,6 +54,7 @@ pub struct CompareReport {
     pub seed: u64,
     pub resolution_scale: f64,
     pub entry_reduction: Option<f64>,
+    pub pixel_mm_given: bool,
     /// Tampered pairs whose main change is 0.5 m² or more: found (`changed` with a region
     /// overlapping the truth).
     pub detection_ge_0_5_m2: Rate,
@@ -139,6 +142,7 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
         seed: a.seed,
         resolution_scale: a.scale,
         entry_reduction: a.entry_reduction,
+        pixel_mm_given: !a.no_pixel_mm,
         entry_size_min: [u32::MAX; 2],
         exit_size_min: [u32::MAX; 2],
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -172,16 +176,17 @@ pub fn run(a: &BenchArgs, th: &Thresholds) -> CompareReport {
                 mx[i] = mx[i].max(d[i]);
             }
         }
+        let given = |mm: Option<[f64; 2]>| if a.no_pixel_mm { None } else { mm };
         let t = Instant::now();
         let c = compare(
             Input {
                 image: entry_img,
-                pixel_mm: emm,
+                pixel_mm: given(emm),
                 cab_side: cab_side(&p.entry),
             },
             Input {
                 image: &p.exit.image,
-                pixel_mm: pixel_mm(&p.exit),
+                pixel_mm: given(pixel_mm(&p.exit)),
                 cab_side: cab_side(&p.exit),
             },
             th,
