@@ -99,16 +99,32 @@ pub async fn ingest(
     let metrics = Metrics::new();
     let (tx, rx) = mpsc::channel(cfg.ingest.queue_depth);
     let token = CancellationToken::new();
+    let identity = NodeIdentity {
+        node_id: "bench".into(),
+        site_id: "BENCH".into(),
+    };
+    // The bench's scans are not transit scans; the transit check is only wired in.
+    let manifest = crate::pipeline::ManifestCheck {
+        matcher: None,
+        data_dir: cfg.data_dir.clone(),
+        metrics: metrics.clone(),
+    };
+    let (transit, _transit_rx) = crate::compare::transit::Transit::new(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        identity.clone(),
+        None,
+        manifest.clone(),
+    );
     let pipeline = Pipeline {
         store: store.clone(),
         metrics: metrics.clone(),
-        identity: NodeIdentity {
-            node_id: "bench".into(),
-            site_id: "BENCH".into(),
-        },
+        identity,
         signer: None,
-        matcher: None,
-        data_dir: cfg.data_dir.clone(),
+        manifest,
+        transit,
+        uplink: None,
     };
     let pipe_task = tokio::spawn(pipeline.run(rx, token.clone()));
     let ingestor = Ingestor::new(&cfg, store.clone(), metrics, tx);

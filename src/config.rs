@@ -61,6 +61,8 @@ pub struct RawConfig {
     pub uplink: crate::uplink::config::RawUplink,
     #[serde(default)]
     pub matching: RawMatching,
+    #[serde(default)]
+    pub transit: RawTransit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +147,18 @@ pub struct MatchingConfig {
     pub params: crate::matching::CheckParams,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransit {
+    pub unpaired_after_hours: Option<f64>,
+    pub sweep_secs: Option<u64>,
+    pub min_region_m2: Option<f64>,
+    pub refer_score: Option<f64>,
+    pub alert_score: Option<f64>,
+    pub alert_min_area_m2: Option<f64>,
+    pub min_alignment_quality: Option<f64>,
+}
+
 /// Values given on the command line or in `RIAC_*` variables; they win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -178,6 +192,17 @@ pub struct Config {
     pub web: WebConfig,
     pub uplink: crate::uplink::config::UplinkConfig,
     pub matching: MatchingConfig,
+    pub transit: TransitConfig,
+}
+
+/// `[transit]`: pairing timeouts and the transit check's decision thresholds (per site).
+#[derive(Debug, Clone)]
+pub struct TransitConfig {
+    /// An exit still awaiting its entry after this long becomes `unpaired`.
+    pub unpaired_after: Duration,
+    /// How often awaiting exits are checked (entry arrived meanwhile? timed out?).
+    pub sweep: Duration,
+    pub thresholds: crate::compare::Thresholds,
 }
 
 /// The operator UI's security settings (`[web]`).
@@ -413,6 +438,91 @@ fn matching_config(m: RawMatching) -> Result<MatchingConfig, ConfigError> {
     })
 }
 
+/// [`ranged`] for floats, which also refuses NaN (TOML can spell it).
+fn ranged_f64(
+    key: &'static str,
+    v: Option<f64>,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<f64, ConfigError> {
+    let x = ranged(key, v, default, min, max)?;
+    if x.is_nan() {
+        return Err(invalid(key, x, format!("must be between {min} and {max}")));
+    }
+    Ok(x)
+}
+
+fn transit_config(t: RawTransit) -> Result<TransitConfig, ConfigError> {
+    let d = crate::compare::Thresholds::default();
+    let ranged = ranged_f64;
+    let hours = ranged(
+        "transit.unpaired_after_hours",
+        t.unpaired_after_hours,
+        72.0,
+        0.0001,
+        8760.0,
+    )?;
+    let thresholds = crate::compare::Thresholds {
+        min_region_m2: ranged(
+            "transit.min_region_m2",
+            t.min_region_m2,
+            d.min_region_m2,
+            0.0,
+            100.0,
+        )?,
+        refer_score: ranged(
+            "transit.refer_score",
+            t.refer_score,
+            d.refer_score,
+            0.0,
+            1.0,
+        )?,
+        alert_score: ranged(
+            "transit.alert_score",
+            t.alert_score,
+            d.alert_score,
+            0.0,
+            1.0,
+        )?,
+        alert_min_area_m2: ranged(
+            "transit.alert_min_area_m2",
+            t.alert_min_area_m2,
+            d.alert_min_area_m2,
+            0.0,
+            100.0,
+        )?,
+        min_alignment_quality: ranged(
+            "transit.min_alignment_quality",
+            t.min_alignment_quality,
+            d.min_alignment_quality,
+            0.0,
+            1.0,
+        )?,
+    };
+    if thresholds.alert_score < thresholds.refer_score {
+        return Err(invalid(
+            "transit.alert_score",
+            thresholds.alert_score,
+            format!(
+                "must be at least transit.refer_score ({}): an alert is a stronger change than a referral",
+                thresholds.refer_score
+            ),
+        ));
+    }
+    Ok(TransitConfig {
+        unpaired_after: Duration::from_secs_f64(hours * 3600.0),
+        sweep: Duration::from_secs(self::ranged(
+            "transit.sweep_secs",
+            t.sweep_secs,
+            300,
+            1,
+            86_400,
+        )?),
+        thresholds,
+    })
+}
+
 impl Config {
     /// Applies defaults and overrides to `raw` and checks every value.
     pub fn from_raw(raw: RawConfig, ov: &Overrides) -> Result<Self, ConfigError> {
@@ -550,6 +660,7 @@ impl Config {
             &site_id,
         )?;
         let matching = matching_config(raw.matching)?;
+        let transit = transit_config(raw.transit)?;
 
         Ok(Config {
             uplink,
@@ -572,6 +683,7 @@ impl Config {
             )?),
             web,
             matching,
+            transit,
         })
     }
 

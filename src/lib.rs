@@ -4,6 +4,7 @@
 //! configured deadline, and closes the database last. See docs/ARCHITECTURE.md.
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod doctor;
 pub mod imaging;
@@ -69,6 +70,9 @@ pub struct Node {
     pub uplink: uplink::UplinkHandle,
     /// The key this node signs its verdicts with.
     pub node_key: Arc<uplink::keys::NodeKey>,
+    /// The transit check: each entry package the uplink stores reaches
+    /// [`compare::transit::Transit::entry_available`] through a task started here.
+    pub transit: compare::transit::Transit,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -128,16 +132,55 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     };
 
     let (tx, rx) = mpsc::channel::<String>(cfg.ingest.queue_depth);
+    let identity = NodeIdentity {
+        node_id: cfg.node_id.clone(),
+        site_id: cfg.site_id.clone(),
+    };
+    let signer = Some(node_key.clone() as Arc<dyn store::verdicts::VerdictSigner>);
+    let manifest = pipeline::ManifestCheck {
+        matcher,
+        data_dir: cfg.data_dir.clone(),
+        metrics: metrics.clone(),
+    };
+    let (transit, transit_rx) = compare::transit::Transit::new(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        identity.clone(),
+        signer.clone(),
+        manifest.clone(),
+    );
+    tracker.spawn(transit.clone().run(transit_rx, token.clone()));
+    {
+        // Entry packages the uplink stores are handed to pairing. A lagging receiver only
+        // loses wake-ups: the transit sweep finds the awaiting exits by itself.
+        let mut entries = uplink.subscribe_entries();
+        let (transit, token) = (transit.clone(), token.clone());
+        tracker.spawn(async move {
+            loop {
+                let id = tokio::select! {
+                    _ = token.cancelled() => break,
+                    r = entries.recv() => match r {
+                        Ok(id) => id,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "entry-package signals missed; the transit sweep pairs them");
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                };
+                transit.entry_available(&id).await;
+            }
+        });
+    }
     let pipeline = Pipeline {
         store: store.clone(),
         metrics: metrics.clone(),
-        identity: NodeIdentity {
-            node_id: cfg.node_id.clone(),
-            site_id: cfg.site_id.clone(),
-        },
-        signer: Some(node_key.clone() as Arc<dyn store::verdicts::VerdictSigner>),
-        matcher,
-        data_dir: cfg.data_dir.clone(),
+        identity,
+        signer,
+        manifest,
+        transit: transit.clone(),
+        uplink: Some(uplink.clone()),
     };
     tracker.spawn(pipeline.run(rx, token.clone()));
     {
@@ -195,6 +238,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         config: cfg,
         uplink,
         node_key,
+        transit,
         token,
         tracker,
     })

@@ -168,6 +168,22 @@ enum Command {
         #[arg(long, hide = true)]
         embeddings: bool,
     },
+    /// Run the transit check on two scan drops (no daemon) and print the transit result.
+    Compare {
+        /// The entry scan's sidecar JSON (its image file beside it).
+        entry: PathBuf,
+        /// The exit scan's sidecar JSON.
+        exit: PathBuf,
+        /// Print JSON (the verdict's transit object, details and timings).
+        #[arg(long)]
+        json: bool,
+        /// Write aligned.png (exit on the entry's geometry), heatmap.png and overview.png here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Take the [transit] thresholds and image limits from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Measure the node on this machine.
     Bench {
         #[command(subcommand)]
@@ -356,6 +372,37 @@ enum BenchWhat {
         #[arg(long, hide = true)]
         latency_only: bool,
     },
+    /// Transit check on simulator pairs: detection, false alarms, IoU, time per pair.
+    Compare {
+        #[arg(long, default_value_t = 200)]
+        pairs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated resolution (1.0 = a real scanner's, ~4000-6000 x 1000-1150 pixels).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Share of tampered pairs.
+        #[arg(long, default_value_t = 0.5)]
+        tamper_rate: f64,
+        /// Reduce each entry image by this factor first, as an entry package carries it.
+        #[arg(long)]
+        entry_reduction: Option<f64>,
+        /// Also render the full-size aligned image and heatmap (timed).
+        #[arg(long)]
+        outputs: bool,
+        /// Withhold the sidecars' pixel sizes (scales are then estimated from the images).
+        #[arg(long)]
+        no_pixel_mm: bool,
+        /// Write the pairs the check got wrong into this folder (drops + truth).
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// One line per pair on stderr.
+        #[arg(long)]
+        verbose: bool,
+        /// Take the [transit] thresholds from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -500,6 +547,28 @@ async fn main() -> Result<()> {
             json,
             embeddings,
         } => match_one(&sidecar, &model, json, embeddings).await,
+        Command::Compare {
+            entry,
+            exit,
+            json,
+            out,
+            config,
+        } => {
+            let cfg = config_or_defaults(config.as_deref())?;
+            let text = tokio::task::spawn_blocking(move || {
+                riac_node::compare::cli::run(
+                    &entry,
+                    &exit,
+                    json,
+                    out.as_deref(),
+                    &cfg.transit.thresholds,
+                    &cfg.ingest.limits,
+                )
+            })
+            .await??;
+            println!("{text}");
+            Ok(())
+        }
         Command::Bench { what } => match what {
             BenchWhat::Viewer {
                 width,
@@ -570,6 +639,48 @@ async fn main() -> Result<()> {
                     let r = riac_node::matching::bench::run(&opts).await?;
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 }
+                Ok(())
+            }
+            BenchWhat::Compare {
+                pairs,
+                seed,
+                scale,
+                tamper_rate,
+                entry_reduction,
+                outputs,
+                no_pixel_mm,
+                dump,
+                verbose,
+                config,
+            } => {
+                if !(0.05..=2.0).contains(&scale) {
+                    bail!("--scale {scale}: expected 0.05 to 2");
+                }
+                if !(0.0..=1.0).contains(&tamper_rate) {
+                    bail!("--tamper-rate {tamper_rate}: expected a fraction from 0 to 1");
+                }
+                if let Some(f) = entry_reduction {
+                    if !(f > 0.05 && f <= 1.0) {
+                        bail!("--entry-reduction {f}: expected more than 0.05 and at most 1");
+                    }
+                }
+                let cfg = config_or_defaults(config.as_deref())?;
+                let args = riac_node::compare::bench::BenchArgs {
+                    pairs,
+                    seed,
+                    scale,
+                    tamper_rate,
+                    entry_reduction,
+                    outputs,
+                    no_pixel_mm,
+                    dump,
+                    verbose,
+                };
+                let r = tokio::task::spawn_blocking(move || {
+                    riac_node::compare::bench::run(&args, &cfg.transit.thresholds)
+                })
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
                 Ok(())
             }
         },
@@ -645,6 +756,14 @@ fn verify_chain(pubkey: &str, file: &str, first_seq: u64, json: bool) -> Result<
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The config at `path`, or the embedded defaults (for the offline tools).
+fn config_or_defaults(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p, &Overrides::default())?,
+        None => Config::defaults(&Overrides::default())?,
+    })
 }
 
 fn validate_config(file: &Path) -> Result<()> {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::compare::transit::{self, Transit, TransitCheck};
 use crate::matching::{Contribution, Matcher};
 use crate::metrics::Metrics;
 use crate::scan::verdict::{Outcome, Verdict, VerdictDeclaration, VERDICT_SCHEMA};
@@ -39,9 +40,21 @@ pub struct Pipeline {
     pub identity: NodeIdentity,
     /// Signs each verdict as it joins the chain (the node key); `None` leaves them unsigned.
     pub signer: Option<Arc<dyn VerdictSigner>>,
-    /// The manifest check; `None` when no model is configured (the check does not run).
+    pub manifest: ManifestCheck,
+    pub transit: Transit,
+    /// Told of each verdict queued, so the drain sends it at once rather than at its next
+    /// poll; `None` where no uplink runs (benches).
+    pub uplink: Option<crate::uplink::UplinkHandle>,
+}
+
+/// The manifest and empty-container checks as the pipeline and the transit re-check run
+/// them. Cheap to clone.
+#[derive(Clone)]
+pub struct ManifestCheck {
+    /// `None` when no model is configured (the check does not run).
     pub matcher: Option<Arc<Matcher>>,
     pub data_dir: PathBuf,
+    pub metrics: Metrics,
 }
 
 impl Pipeline {
@@ -78,17 +91,38 @@ impl Pipeline {
         if scan.state == "decided" {
             return Ok(());
         }
-        let manifest = self.manifest_check(&scan).await;
-        let verdict = auto_verdict(&scan, &self.identity, manifest);
-        let topic = self.identity.verdict_topic();
-        let signer = self.signer.clone();
-        let stored = self
-            .store
-            .write(move |t| {
-                store::verdicts::insert_with_outbox(t, verdict, &topic, signer.as_deref())
-            })
-            .await?;
+        let manifest = self.manifest.run(&scan).await;
+        let transit_exit = scan.regime == "transit" && scan.direction == "exit";
+        let mut stored = None;
+        // An entry that arrives between the pairing and the commit sends us round again.
+        for _ in 0..3 {
+            let check = if transit_exit {
+                Some(self.transit.check_exit(&scan).await?)
+            } else {
+                None
+            };
+            let verdict = auto_verdict(&scan, &self.identity, manifest.clone(), check.as_ref());
+            let topic = self.identity.verdict_topic();
+            let signer = self.signer.clone();
+            stored = self
+                .store
+                .write(move |t| transit::store_verdict(t, verdict, &topic, signer.as_deref()))
+                .await?;
+            if stored.is_some() {
+                break;
+            }
+        }
+        let Some(stored) = stored else {
+            tracing::warn!(scan_id, "entry scans keep arriving while this exit is paired; it stays undecided until the next start");
+            return Ok(());
+        };
+        if scan.regime == "transit" && scan.direction == "entry" {
+            self.transit.notify_entry(&scan.scan_id);
+        }
         self.metrics.verdict();
+        if let Some(u) = &self.uplink {
+            u.outbox_changed();
+        }
         self.metrics.observe_stage("pipeline", started.elapsed());
         tracing::info!(
             scan_id,
@@ -100,10 +134,10 @@ impl Pipeline {
     }
 }
 
-impl Pipeline {
-    /// The manifest and empty-container checks, off the runtime (one scan at a time: the
-    /// queue in front of the pipeline is the bound).
-    async fn manifest_check(&self, scan: &ScanRecord) -> Contribution {
+impl ManifestCheck {
+    /// Runs the checks on a stored scan off the runtime (one scan at a time per caller: the
+    /// queues in front of the pipeline and the transit re-check are the bound).
+    pub async fn run(&self, scan: &ScanRecord) -> Contribution {
         let declared = crate::matching::declared_codes(scan.sidecar.as_ref());
         let Some(m) = self.matcher.clone() else {
             return crate::matching::not_run(declared, "no embedding model is loaded on this node");
@@ -134,24 +168,33 @@ pub async fn requeue_undecided(
     Ok(n)
 }
 
-/// The automatic verdict from the checks this build can run. Outcome policy: `alert` if any
-/// check says alert, `refer` if any check refers or did not run, else `clear`.
-pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity, manifest: Contribution) -> Verdict {
-    let mut reasons = manifest.reasons.clone();
-    let mut outcomes = vec![manifest.outcome];
-    if scan.regime == "transit" && scan.direction == "exit" {
-        reasons.push(
-            "transit check not run: entry/exit comparison is not available in this build".into(),
-        );
-        outcomes.push(Outcome::Refer);
-    }
-    let outcome = if outcomes.contains(&Outcome::Alert) {
+/// The whole verdict from the checks' contributions: alert if any check says alert; else
+/// refer if any check refers or did not run; else clear.
+pub fn combine(contributions: &[Outcome]) -> Outcome {
+    if contributions.contains(&Outcome::Alert) {
         Outcome::Alert
-    } else if outcomes.contains(&Outcome::Refer) {
+    } else if contributions.contains(&Outcome::Refer) {
         Outcome::Refer
     } else {
         Outcome::Clear
-    };
+    }
+}
+
+/// The automatic verdict from the checks this node ran: the manifest check's contribution
+/// and, for a transit exit scan, the transit check.
+pub fn auto_verdict(
+    scan: &ScanRecord,
+    me: &NodeIdentity,
+    manifest: Contribution,
+    transit: Option<&TransitCheck>,
+) -> Verdict {
+    let mut reasons = manifest.reasons.clone();
+    let mut outcomes = vec![manifest.outcome];
+    if let Some(t) = transit {
+        reasons.extend(t.reasons.iter().cloned());
+        outcomes.push(t.outcome);
+    }
+    let outcome = combine(&outcomes);
     let model = manifest.model.clone();
     Verdict {
         schema: VERDICT_SCHEMA.to_string(),
@@ -170,7 +213,7 @@ pub fn auto_verdict(scan: &ScanRecord, me: &NodeIdentity, manifest: Contribution
         decided_by: "auto".into(),
         reasons,
         manifest: manifest.manifest,
-        transit: None,
+        transit: transit.map(|t| t.result.clone()),
         model,
         supersedes: None,
         note: None,

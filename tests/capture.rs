@@ -179,20 +179,34 @@ async fn a_drop_still_being_written_is_not_taken() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transit_exit_verdict_says_the_transit_check_did_not_run() {
+async fn transit_exit_verdict_carries_the_transit_check() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     let mut sim = sim(17);
     let pair = sim.next_transit_pair();
     pair.entry.write_to(&node.hot).unwrap();
     pair.exit.write_to(&node.hot).unwrap();
-    node.wait_counts((2, 2, 2), Duration::from_secs(30)).await;
-    let (_, exit) = node
-        .get_json(&format!("/api/v1/scans/{}", pair.exit.scan_id))
-        .await;
+    // The hot folder may take the exit first: then it awaits its entry, and a second
+    // verdict supersedes the first once the entry is in.
+    let start = std::time::Instant::now();
+    let exit = loop {
+        let (_, exit) = node
+            .get_json(&format!("/api/v1/scans/{}", pair.exit.scan_id))
+            .await;
+        let status = exit["verdict"]["transit"]["status"].as_str().unwrap_or("");
+        if !status.is_empty() && status != "awaiting_entry" {
+            break exit;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{exit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(exit["scan"]["direction"], "exit");
+    assert_eq!(
+        exit["verdict"]["transit"]["entry_scan_id"],
+        pair.entry.scan_id.as_str()
+    );
     let reasons = exit["verdict"]["reasons"].to_string();
-    assert!(reasons.contains("transit check not run"), "{reasons}");
+    assert!(reasons.contains("transit: "), "{reasons}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

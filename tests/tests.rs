@@ -9,5 +9,6 @@ mod daemon;
 mod dicom;
 mod matching;
 mod rejects;
+mod transit;
 mod ui;
 mod uplink;

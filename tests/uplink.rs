@@ -616,7 +616,14 @@ async fn an_exit_node_offline_when_the_entry_package_is_sent_gets_it_later() {
     // either way, and the signal is checked whenever the test was in time for it.
     let mut signal = exit.node.as_ref().unwrap().uplink.subscribe_entries();
     wait_for(Duration::from_secs(60), "entry package received", || {
-        exit.node.as_ref().unwrap().uplink.status().entry_packages.received == 1
+        exit.node
+            .as_ref()
+            .unwrap()
+            .uplink
+            .status()
+            .entry_packages
+            .received
+            == 1
     })
     .await;
     if let Ok(got) = signal.try_recv() {

@@ -106,6 +106,21 @@ pub enum TransitStatus {
     Changed,
     AwaitingEntry,
     Unpaired,
+    /// The pair could not be compared (e.g. it cannot be aligned); `reason` says why.
+    /// Additive value of riac.verdict/1.
+    Inconclusive,
+}
+
+impl TransitStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitStatus::Unchanged => "unchanged",
+            TransitStatus::Changed => "changed",
+            TransitStatus::AwaitingEntry => "awaiting_entry",
+            TransitStatus::Unpaired => "unpaired",
+            TransitStatus::Inconclusive => "inconclusive",
+        }
+    }
 }
 
 /// A changed region, in entry-image pixels (x0, y0 inclusive; x1, y1 exclusive).
@@ -118,6 +133,10 @@ pub struct ChangedRegion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub area_m2: Option<f64>,
     pub score: f64,
+    /// `removed` (the entry showed more), `added` (the exit shows more) or `mixed`.
+    /// Additive field of riac.verdict/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +150,14 @@ pub struct TransitResult {
     pub regions: Vec<ChangedRegion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// 0..1: how well the exit's load carrier matched the entry's once aligned.
+    /// Additive field of riac.verdict/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment_quality: Option<f64>,
+    /// The exit scan shows the truck the other way round (decided from the images).
+    /// Additive field of riac.verdict/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrored: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

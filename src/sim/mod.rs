@@ -226,7 +226,8 @@ pub struct Simulator {
     next_tag: u32,
     clock: Option<OffsetDateTime>,
     site_scanners: [ScannerModel; 2],
-    exit_scanner: ScannerModel,
+    /// The exit site's two lanes: a mobile scanner and a fine-pitch portal.
+    exit_scanners: [ScannerModel; 2],
 }
 
 fn name_seed(s: &str) -> u64 {
@@ -253,7 +254,10 @@ impl Simulator {
             ScannerModel::portal(name_seed(&format!("{}-P1", opts.site_id))),
             ScannerModel::gantry(name_seed(&format!("{}-P2", opts.site_id))),
         ];
-        let exit_scanner = ScannerModel::mobile(name_seed(&format!("{}-M1", opts.exit_site)));
+        let exit_scanners = [
+            ScannerModel::mobile(name_seed(&format!("{}-M1", opts.exit_site))),
+            ScannerModel::fine_portal(name_seed(&format!("{}-P3", opts.exit_site))),
+        ];
         Self {
             opts,
             rng,
@@ -261,7 +265,7 @@ impl Simulator {
             next_tag: 1,
             clock,
             site_scanners,
-            exit_scanner,
+            exit_scanners,
         }
     }
 
@@ -312,7 +316,7 @@ impl Simulator {
         let scale = self.scale();
         let entry_scene = scene::random_scene(&mut r, true, &mut self.next_tag);
         let entry_sc = self.site_scanners[usize::from(chance(&mut r, 0.3))].clone();
-        let exit_sc = self.exit_scanner.clone();
+        let exit_sc = self.exit_scanners[usize::from(chance(&mut r, 0.5))].clone();
         let mirrored = chance(&mut r, 0.3);
         let entry_pass = Pass::random(&mut r, mirrored);
         let flipped = chance(&mut r, 0.35);
@@ -456,7 +460,7 @@ impl Simulator {
     ) -> SimDrop {
         let scale = self.scale();
         let grid = make_grid(sc, scale, scene.length(), pass);
-        let pixels = render(&scene.prims(), sc, scale, &grid, pass, true);
+        let pixels = render(&scene.prims(), &sc.drifted(pass), scale, &grid, pass, true);
         let image = ImageBuffer::from_raw(grid.w as u32, grid.h as u32, pixels)
             .expect("render returns w*h pixels");
         let scanner_id = format!("{site}-{}", sc.code);
@@ -488,7 +492,9 @@ impl Simulator {
             "image": {
                 "file": image_file,
                 "pixel_meaning": "transmission",
-                "pixel_mm": [round3(sc.pitch_h_at(scale)), round3(grid.pv)],
+                // Nominal pitches, as a scanner reports them: the magnification of this
+                // pass is not known to it.
+                "pixel_mm": [round3(sc.pitch_h_at(scale)), round3(sc.rows_at(scale).1)],
                 "cab_side": if pass.mirrored { "right" } else { "left" },
             },
             "vendor": {

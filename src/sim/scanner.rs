@@ -135,6 +135,47 @@ impl ScannerModel {
         }
     }
 
+    /// A fine-pitch drive-through portal on the second lane of a border crossing: more,
+    /// smaller detector rows than the port's scanners, a thicker pit cover.
+    pub fn fine_portal(seed: u64) -> Self {
+        Self {
+            code: "P3",
+            model: "RX-Portal 6MV HD",
+            energy_mev: 6.0,
+            pitch_v: 4.2,
+            pitch_h: 3.8,
+            rows: 1150,
+            bottom_mm: -40.0,
+            gain: 61_000.0,
+            offset: 780.0,
+            gamma: 0.98,
+            photons_air: 42_000.0,
+            read_noise: 8.0,
+            row_gain_sigma: 0.004,
+            module_rows: 32,
+            module_gain_sigma: 0.005,
+            pulse_sigma: 0.003,
+            dead_rows: 1,
+            hot_rows: 1,
+            psf_v_mm: 3.2,
+            psf_h_px: 0.8,
+            scatter: 0.005,
+            ground_od: 5.0,
+            seed,
+        }
+    }
+
+    /// The same scanner on another day: gain, dark offset and response curve drift between
+    /// calibrations (by `pass`'s drift factors).
+    pub fn drifted(&self, pass: &Pass) -> Self {
+        Self {
+            gain: self.gain * pass.gain_k,
+            offset: self.offset * pass.offset_k,
+            gamma: self.gamma + pass.gamma_d,
+            ..self.clone()
+        }
+    }
+
     /// Output rows and their pitch at `scale` (coverage is kept; pitch follows).
     pub fn rows_at(&self, scale: f32) -> (usize, f32) {
         let n = ((self.rows as f32 * scale).round() as usize).max(16);
@@ -195,6 +236,13 @@ pub(crate) struct Pass {
     /// The image shows the truck from the other side (cab on the right).
     pub mirrored: bool,
     pub noise_seed: u64,
+    /// Vertical magnification of the fan beam: a truck driving nearer the source looks
+    /// taller (a few per cent either way); the sidecar still reports the nominal pitch.
+    pub mag: f32,
+    /// Calibration drift of this day: gain factor, dark offset factor, gamma change.
+    pub gain_k: f32,
+    pub offset_k: f32,
+    pub gamma_d: f32,
 }
 
 impl Pass {
@@ -210,6 +258,26 @@ impl Pass {
             air_after: uni(rng, 400.0, 3000.0),
             mirrored,
             noise_seed: rng.random(),
+            mag: uni(rng, 0.96, 1.04),
+            gain_k: uni(rng, 0.96, 1.04),
+            offset_k: uni(rng, 0.8, 1.25),
+            gamma_d: uni(rng, -0.02, 0.02),
+        }
+    }
+
+    /// A pass at nominal speed with no magnification or drift (tests).
+    #[cfg(test)]
+    pub fn nominal(mirrored: bool) -> Self {
+        Self {
+            knots: vec![1.0],
+            air_before: 1000.0,
+            air_after: 1000.0,
+            mirrored,
+            noise_seed: 1,
+            mag: 1.0,
+            gain_k: 1.0,
+            offset_k: 1.0,
+            gamma_d: 0.0,
         }
     }
 
@@ -238,7 +306,10 @@ impl Pass {
 /// Where each column and row of a scan of a truck `length` mm long falls on the truck.
 pub(crate) fn make_grid(sc: &ScannerModel, scale: f32, length: f32, pass: &Pass) -> Grid {
     let ph = sc.pitch_h_at(scale);
-    let (rows, pv) = sc.rows_at(scale);
+    let (rows, pv_nominal) = sc.rows_at(scale);
+    // Magnification scales the object about the middle of the detector column.
+    let pv = pv_nominal / pass.mag;
+    let mid = sc.bottom_mm + 0.5 * rows as f32 * pv_nominal;
     let end = length + pass.air_after;
     let n_est = (pass.air_before + end) / ph;
     let mut xe = Vec::with_capacity(n_est as usize * 5 / 4 + 2);
@@ -252,7 +323,7 @@ pub(crate) fn make_grid(sc: &ScannerModel, scale: f32, length: f32, pass: &Pass)
         w: xe.len() - 1,
         h: rows,
         xe,
-        y_top: sc.bottom_mm + rows as f32 * pv,
+        y_top: mid + 0.5 * rows as f32 * pv,
         pv,
     }
 }

@@ -444,7 +444,7 @@ pub(crate) fn tamper(
             let &u = loaded.get(rng.random_range(0..loaded.len().max(1)))?;
             let items = &mut units[u].items;
             let big: Vec<usize> = (0..items.len())
-                .filter(|&i| area(items[i].bbox()) > 0.15e6)
+                .filter(|&i| area(items[i].bbox()) >= MIN_CHANGE_MM2)
                 .collect();
             let &i = big.get(rng.random_range(0..big.len().max(1)))?;
             let b = items[i].bbox();
@@ -486,7 +486,7 @@ pub(crate) fn tamper(
                 loaded[rng.random_range(0..loaded.len())]
             };
             let unit = &mut units[u];
-            let mut pkg = concealed(rng);
+            let mut pkg = consignment(rng);
             let [x0, y0, x1, y1] = unit.interior;
             // Among light goods where there are some, else anywhere on the floor.
             let hosts: Vec<[f32; 4]> = unit
@@ -616,15 +616,30 @@ pub(crate) fn tamper(
                 .collect();
             let top_layer = !upper.is_empty() && chance(rng, 0.5);
             let mut take: Vec<usize> = if top_layer {
-                let n = ((upper.len() as f32 * uni(rng, 0.3, 0.8)).ceil() as usize).max(1);
+                let mut n = ((upper.len() as f32 * uni(rng, 0.3, 0.8)).ceil() as usize).max(1);
                 let start = rng.random_range(0..=upper.len() - n);
+                // At least the smallest change the check is specified for.
+                while n < upper.len() - start
+                    && upper[start..start + n]
+                        .iter()
+                        .map(|&i| area(boxes[i]))
+                        .sum::<f32>()
+                        < MIN_CHANGE_MM2
+                {
+                    n += 1;
+                }
                 upper[start..start + n].to_vec()
             } else {
                 // Unloaded from the door end.
                 let mut order: Vec<usize> = (0..boxes.len()).collect();
                 order.sort_by(|&a, &b| boxes[b][2].total_cmp(&boxes[a][2]));
-                let n = ((boxes.len() as f32 * uni(rng, 0.2, 0.45)).ceil() as usize)
+                let mut n = ((boxes.len() as f32 * uni(rng, 0.2, 0.45)).ceil() as usize)
                     .clamp(1, boxes.len() - 1);
+                while n < boxes.len() - 1
+                    && order[..n].iter().map(|&i| area(boxes[i])).sum::<f32>() < MIN_CHANGE_MM2
+                {
+                    n += 1;
+                }
                 order.truncate(n);
                 order
             };
@@ -650,6 +665,37 @@ pub(crate) fn tamper(
             })
         }
     }
+}
+
+/// The smallest tampering made (side-view area, mm²): 0.25 m², the smallest change the
+/// transit check is specified to find.
+const MIN_CHANGE_MM2: f32 = 0.25e6;
+
+/// An undeclared consignment: concealed packages stacked into a block of 0.25 to 1.2 m²
+/// (side view), in rows of a random width.
+fn consignment(rng: &mut SimRng) -> Item {
+    let target = uni(rng, 0.25, 1.2) * 1e6;
+    let width = (target * uni(rng, 0.6, 2.2)).sqrt();
+    let mut prims = Vec::new();
+    let (mut x, mut y, mut row_h) = (0.0f32, 0.0f32, 0.0f32);
+    let mut n = 0;
+    loop {
+        let it = concealed(rng);
+        if x > 0.0 && x + it.w > width {
+            y += row_h;
+            x = 0.0;
+            row_h = 0.0;
+        }
+        it.placed([x, y], &mut prims);
+        x += it.w;
+        row_h = row_h.max(it.h);
+        n += 1;
+        let b = super::geom::bbox_of(&prims);
+        if area(b) >= target || n >= 24 {
+            break;
+        }
+    }
+    Item::from_shapes(Goods::Concealed, super::geom::Shapes { prims }, n)
 }
 
 /// Merges boxes that overlap or nearly touch (mm), so one taken-off stack is one region.

@@ -145,6 +145,7 @@ fn dimensions_match_pixel_mm_and_scanner() {
         ScannerModel::portal(0),
         ScannerModel::gantry(0),
         ScannerModel::mobile(0),
+        ScannerModel::fine_portal(0),
     ];
     for _ in 0..5 {
         let p = s.next_transit_pair();
@@ -216,11 +217,10 @@ fn steel_is_darker_than_garments_and_not_black() {
     }
     let sc = ScannerModel::portal(1);
     let pass = Pass {
-        knots: vec![1.0],
         air_before: 500.0,
         air_after: 500.0,
-        mirrored: false,
         noise_seed: 1,
+        ..Pass::nominal(false)
     };
     let g = make_grid(&sc, 0.25, 7000.0, &pass);
     let t = transmission(&prims, &sc, &g);
@@ -426,6 +426,7 @@ fn engine_side(d: &SimDrop) -> &'static str {
         ScannerModel::portal(0),
         ScannerModel::gantry(0),
         ScannerModel::mobile(0),
+        ScannerModel::fine_portal(0),
     ]
     .into_iter()
     .find(|x| x.code == code)
@@ -549,11 +550,10 @@ fn tiny_shapes_still_render() {
     sh.rect(0.0, 500.0, 3.0, 2500.0, 50.0);
     let sc = ScannerModel::portal(2);
     let pass = Pass {
-        knots: vec![1.0],
         air_before: 100.0,
         air_after: 100.0,
-        mirrored: false,
         noise_seed: 3,
+        ..Pass::nominal(false)
     };
     let g = make_grid(&sc, 0.25, 100.0, &pass);
     let t = transmission(&sh.prims, &sc, &g);

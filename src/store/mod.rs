@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod queue;
 pub mod scans;
 pub mod schema;
+pub mod transit;
 pub mod users;
 pub mod verdicts;
 

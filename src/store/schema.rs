@@ -177,6 +177,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX library_refs_hs ON library_refs(hs_code);
     "#,
+    // 6: transit exits whose current verdict awaits their entry scan (pairing retries and
+    // the unpaired timeout work from here, not from the verdict bodies).
+    r#"
+    CREATE TABLE transit_awaiting (
+        exit_scan_id       TEXT PRIMARY KEY REFERENCES scans(scan_id),
+        verdict_id         TEXT NOT NULL,   -- the awaiting_entry verdict a paired one supersedes
+        declaration_number TEXT NOT NULL,
+        since              TEXT NOT NULL    -- when that verdict was stored
+    );
+    CREATE INDEX transit_awaiting_declaration ON transit_awaiting(declaration_number);
+    "#,
 ];
 
 /// The schema version this binary writes.

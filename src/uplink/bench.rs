@@ -461,13 +461,14 @@ pub async fn fill_backlog(
                         sidecar: Some(sidecar),
                     };
                     let v = auto_verdict(
-        &rec,
-        &me,
-        crate::matching::not_run(
-            crate::matching::declared_codes(rec.sidecar.as_ref()),
-            "no model in this test",
-        ),
-    );
+                        &rec,
+                        &me,
+                        crate::matching::not_run(
+                            crate::matching::declared_codes(rec.sidecar.as_ref()),
+                            "no model in this test",
+                        ),
+                        None,
+                    );
                     crate::store::verdicts::insert_with_outbox(t, v, &topic, Some(key.as_ref()))?;
                 }
                 Ok(())

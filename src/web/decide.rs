@@ -209,6 +209,7 @@ pub async fn record(
         Ok(v) => {
             tracing::info!(scan_id, user = %me.username, outcome = v.outcome.as_str(), seq = v.seq, "operator decision stored");
             st.metrics.verdict();
+            st.uplink.outbox_changed();
             Ok(v)
         }
         Err(Refusal::NotDecided) => Err(AppError::Conflict(format!(

@@ -151,6 +151,19 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/library/{reference_id}/image.png",
             get(crate::matching::http::image),
         )
+        // Transit check images (src/compare/http.rs).
+        .route(
+            "/api/v1/scans/{id}/transit/aligned.png",
+            get(crate::compare::http::aligned),
+        )
+        .route(
+            "/api/v1/scans/{id}/transit/aligned16.png",
+            get(crate::compare::http::aligned16),
+        )
+        .route(
+            "/api/v1/scans/{id}/transit/heatmap.png",
+            get(crate::compare::http::heatmap),
+        )
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

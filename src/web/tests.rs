@@ -70,6 +70,7 @@ async fn ingest(st: &AppState, d: &crate::sim::SimDrop) {
             crate::matching::declared_codes(scan.sidecar.as_ref()),
             "no model in this test",
         ),
+        None,
     );
     let topic = me.verdict_topic();
     st.store
@@ -1125,7 +1126,8 @@ async fn pages_show_review_state_transit_absence_and_the_event_stream_speaks() {
     assert_eq!(q.body.matches("<tr").count(), 3);
     let t = send(fx.app(), get(format!("/scans/{}/transit", fx.exit))).await;
     assert!(
-        t.body.contains("transit-absent") && t.body.contains("transit check not run"),
+        t.body.contains("transit-absent")
+            && t.body.contains("transit check has not produced a result"),
         "{}",
         t.body
     );

@@ -1,0 +1,191 @@
+//! HTTP routes of the transit check, for the operator's side-by-side view of a transit exit
+//! scan: the aligned exit (on the entry's geometry), the heatmap of changes, and the entry
+//! image it was compared with, all the same size so they overlay pixel for pixel (the
+//! verdict's region boxes are in these pixels). Read-only; a client never sees paths or
+//! internal errors.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::transit::{ALIGNED_FILE, HEATMAP_FILE};
+use crate::imaging::{self, Window};
+use crate::scan::is_valid_scan_id;
+use crate::store::{self, scans::ScanRecord};
+use crate::web::{AppError, AppState};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ImageParams {
+    center: Option<String>,
+    width: Option<String>,
+    invert: Option<String>,
+    max_width: Option<String>,
+}
+
+fn parse_f32(
+    field: &str,
+    v: Option<&str>,
+    default: f32,
+    min: f32,
+    max: f32,
+) -> Result<f32, AppError> {
+    match v {
+        None | Some("") => Ok(default),
+        Some(s) => s
+            .parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= min && *x <= max)
+            .ok_or_else(|| {
+                AppError::bad(field, format!("{s:?} must be a number from {min} to {max}"))
+            }),
+    }
+}
+
+fn window(p: &ImageParams) -> Result<(Window, u32), AppError> {
+    let w = Window {
+        center: parse_f32("center", p.center.as_deref(), 32768.0, 0.0, 65535.0)?,
+        width: parse_f32("width", p.width.as_deref(), 65536.0, 1.0, 131072.0)?,
+        invert: match p.invert.as_deref() {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(s) => {
+                return Err(AppError::bad(
+                    "invert",
+                    format!("{s:?} must be true or false"),
+                ))
+            }
+        },
+    };
+    let max_width = parse_f32("max_width", p.max_width.as_deref(), 0.0, 0.0, 100_000.0)? as u32;
+    Ok((w, max_width))
+}
+
+/// The stored transit exit scan `id`.
+async fn exit_scan(st: &AppState, id: &str) -> Result<ScanRecord, AppError> {
+    if !is_valid_scan_id(id) {
+        return Err(AppError::bad(
+            "scan_id",
+            "not a valid scan id (A-Z a-z 0-9 . _ -)",
+        ));
+    }
+    let id2 = id.to_string();
+    let scan = st
+        .store
+        .read(move |c| store::scans::get(c, &id2))
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("scan {id} is not stored on this node")))?;
+    if scan.regime != "transit" || scan.direction != "exit" {
+        return Err(AppError::NotFound(format!(
+            "scan {id} is not a transit exit scan; only those have transit images"
+        )));
+    }
+    Ok(scan)
+}
+
+fn png(bytes: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            // Replaced when an awaiting exit is paired: revalidate rather than cache.
+            (header::CACHE_CONTROL, "private, no-cache"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn read_file(path: std::path::PathBuf, missing: String) -> Result<Vec<u8>, AppError> {
+    match tokio::fs::read(&path).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AppError::NotFound(missing)),
+        Err(e) => Err(AppError::Internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// An 8-bit rendering of a stored 16-bit PNG.
+async fn render(bytes: Vec<u8>, w: Window, max_width: u32) -> Result<Response, AppError> {
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
+        let img = imaging::decode_png16(&bytes).map_err(|e| AppError::Internal(e.to_string()))?;
+        let img = imaging::fit_width(&img, max_width);
+        imaging::encode_png8(&imaging::window_level(&img, w))
+            .map_err(|e| AppError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
+    Ok(png(out))
+}
+
+fn no_comparison(id: &str) -> String {
+    format!(
+        "scan {id} has no transit comparison (yet): its entry scan has not been compared with it"
+    )
+}
+
+/// `GET /api/v1/scans/{id}/transit/aligned.png?center=&width=&invert=&max_width=`
+pub async fn aligned(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<ImageParams>,
+) -> Result<Response, AppError> {
+    let (w, max_width) = window(&p)?;
+    let scan = exit_scan(&st, &id).await?;
+    let bytes = read_file(
+        st.cfg.data_dir.join(&scan.image_dir).join(ALIGNED_FILE),
+        no_comparison(&id),
+    )
+    .await?;
+    render(bytes, w, max_width).await
+}
+
+/// `GET /api/v1/scans/{id}/transit/aligned16.png`: the stored 16-bit aligned exit.
+pub async fn aligned16(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let scan = exit_scan(&st, &id).await?;
+    let bytes = read_file(
+        st.cfg.data_dir.join(&scan.image_dir).join(ALIGNED_FILE),
+        no_comparison(&id),
+    )
+    .await?;
+    Ok(png(bytes))
+}
+
+/// `GET /api/v1/scans/{id}/transit/heatmap.png?max_width=`: RGBA, transparent where
+/// nothing changed (yellow to red: removed; cyan to blue: added; green: compared area).
+pub async fn heatmap(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<ImageParams>,
+) -> Result<Response, AppError> {
+    let (_, max_width) = window(&p)?;
+    let scan = exit_scan(&st, &id).await?;
+    let bytes = read_file(
+        st.cfg.data_dir.join(&scan.image_dir).join(HEATMAP_FILE),
+        no_comparison(&id),
+    )
+    .await?;
+    if max_width == 0 {
+        return Ok(png(bytes));
+    }
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .into_rgba8();
+        if img.width() <= max_width {
+            return Ok(bytes);
+        }
+        let h = ((img.height() as u64 * max_width as u64) / img.width() as u64).max(1) as u32;
+        let small =
+            image::imageops::resize(&img, max_width, h, image::imageops::FilterType::Triangle);
+        let mut out = Vec::new();
+        small
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        Ok(out)
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
+    Ok(png(out))
+}

@@ -1,0 +1,317 @@
+//! The transit check in the running node: an exit scan paired with its entry scan (from
+//! this node or from an entry package), compared, and decided; exits whose entry comes
+//! later or never; the transit images over HTTP.
+
+use std::time::{Duration, Instant};
+
+use riac_node::sim::{SimOptions, SimPair, Simulator};
+use riac_node::store::entries::{EntryPackage, ENTRY_SCHEMA};
+
+use crate::common::*;
+
+/// Transit pairs need a little more resolution than the other tests' scans: a quarter of a
+/// real scanner's (~18 mm pixels).
+const TRANSIT_SCALE: f64 = 0.25;
+
+fn pair_sim(seed: u64, tamper_rate: f64) -> Simulator {
+    Simulator::new(SimOptions {
+        seed,
+        tamper_rate,
+        resolution_scale: TRANSIT_SCALE,
+        ..SimOptions::default()
+    })
+}
+
+fn truth_area_m2(p: &SimPair) -> f64 {
+    let mm = &p.entry.sidecar["image"]["pixel_mm"];
+    let px = mm[0].as_f64().unwrap() * mm[1].as_f64().unwrap() / 1e6;
+    p.truth
+        .regions_entry_px
+        .iter()
+        .map(|b| (b[2] - b[0]) as f64 * (b[3] - b[1]) as f64 * px)
+        .fold(0.0, f64::max)
+}
+
+/// The first pair of this seed whose tampering is a clear one: goods removed or added,
+/// over half a square metre.
+fn clearly_tampered(seed: u64) -> SimPair {
+    let mut sim = pair_sim(seed, 1.0);
+    loop {
+        let p = sim.next_transit_pair();
+        let kind = p.truth.kind.as_deref().unwrap_or("");
+        if (kind == "removed" || kind == "added") && truth_area_m2(&p) >= 0.5 {
+            return p;
+        }
+    }
+}
+
+async fn post(node: &TestNode, d: &riac_node::sim::SimDrop) {
+    let (s, b) = node
+        .post_drop(
+            &serde_json::to_vec(&d.sidecar).unwrap(),
+            Some(d.encode_image()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+/// The scan's current verdict once its transit status is `want` (or any status other
+/// than awaiting_entry when `want` is None).
+async fn wait_transit(node: &TestNode, scan_id: &str, want: Option<&str>) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (_, one) = node.get_json(&format!("/api/v1/scans/{scan_id}")).await;
+        let status = one["verdict"]["transit"]["status"].as_str().unwrap_or("");
+        let done = match want {
+            Some(w) => status == w,
+            None => !status.is_empty() && status != "awaiting_entry",
+        };
+        if done {
+            return one;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {scan_id}'s transit status {want:?}; have {}",
+            one["verdict"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn overlaps(region: &serde_json::Value, b: &[u32; 4]) -> bool {
+    let g = |k: &str| region[k].as_u64().unwrap() as u32;
+    g("x0") < b[2] && b[0] < g("x1") && g("y0") < b[3] && b[1] < g("y1")
+}
+
+async fn get_png(node: &TestNode, path: &str) -> image::DynamicImage {
+    let r = node
+        .client
+        .get(format!("{}{path}", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+    assert_eq!(r.headers()["content-type"], "image/png");
+    image::load_from_memory(&r.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_pair_is_changed_where_the_truth_is_and_untampered_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+
+    let bad = clearly_tampered(5);
+    post(&node, &bad.entry).await;
+    post(&node, &bad.exit).await;
+    let one = wait_transit(&node, &bad.exit.scan_id, None).await;
+    let v = &one["verdict"];
+    let t = &v["transit"];
+    assert_eq!(t["status"], "changed", "{} ({})", v, bad.truth.notes);
+    assert_eq!(t["entry_scan_id"], bad.entry.scan_id.as_str());
+    assert!(t["alignment_quality"].as_f64().unwrap() > 0.5, "{t}");
+    assert_eq!(t["mirrored"], bad.truth.mirrored);
+    let regions = t["regions"].as_array().unwrap();
+    assert!(
+        regions
+            .iter()
+            .any(|r| bad.truth.regions_entry_px.iter().any(|b| overlaps(r, b))),
+        "no region of {regions:?} overlaps the truth {:?} ({})",
+        bad.truth.regions_entry_px,
+        bad.truth.notes
+    );
+    assert!(regions.iter().all(|r| r["area_m2"].as_f64().unwrap() > 0.0));
+    assert!(
+        ["alert", "refer"].contains(&v["outcome"].as_str().unwrap()),
+        "{v}"
+    );
+    assert!(
+        v["reasons"].to_string().contains("transit: changed"),
+        "{}",
+        v["reasons"]
+    );
+
+    // The operator's side-by-side: three images of the entry's size.
+    let (ew, eh) = bad.entry.image.dimensions();
+    let base = format!("/api/v1/scans/{}/transit", bad.exit.scan_id);
+    for name in ["aligned.png", "heatmap.png", "entry.png", "aligned16.png"] {
+        let img = get_png(&node, &format!("{base}/{name}")).await;
+        assert_eq!((img.width(), img.height()), (ew, eh), "{name}");
+    }
+    let small = get_png(&node, &format!("{base}/heatmap.png?max_width=200")).await;
+    assert_eq!(small.width(), 200);
+    // Something changed inside the truth's box: the heatmap is not transparent there.
+    let heat = get_png(&node, &format!("{base}/heatmap.png"))
+        .await
+        .into_rgba8();
+    let b = bad.truth.regions_entry_px[0];
+    let lit = (b[1]..b[3])
+        .flat_map(|y| (b[0]..b[2]).map(move |x| (x, y)))
+        .filter(|&(x, y)| heat.get_pixel(x, y)[3] > 100)
+        .count();
+    assert!(lit > 0, "heatmap shows nothing inside {b:?}");
+    // An entry scan has no transit images; a bad id is a 400.
+    let (s, _) = node
+        .get_json(&format!(
+            "/api/v1/scans/{}/transit/aligned.png",
+            bad.entry.scan_id
+        ))
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = node
+        .get_json("/api/v1/scans/..%2Fx/transit/heatmap.png")
+        .await;
+    assert_eq!(s, 400);
+
+    let good = pair_sim(6, 0.0).next_transit_pair();
+    assert!(!good.truth.tampered);
+    post(&node, &good.entry).await;
+    post(&node, &good.exit).await;
+    let one = wait_transit(&node, &good.exit.scan_id, None).await;
+    let v = &one["verdict"];
+    assert_eq!(v["transit"]["status"], "unchanged", "{v}");
+    assert_eq!(v["transit"]["regions"], serde_json::json!([]));
+    // The manifest check does not run on this build, so the pair is still referred.
+    assert_eq!(v["outcome"], "refer");
+    assert!(
+        v["reasons"].to_string().contains("transit: unchanged"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_before_its_entry_awaits_then_a_new_verdict_supersedes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let p = pair_sim(8, 0.0).next_transit_pair();
+    post(&node, &p.exit).await;
+    let first = wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
+    let awaiting_id = first["verdict"]["verdict_id"].as_str().unwrap().to_string();
+    assert_eq!(first["verdict"]["outcome"], "refer");
+    let (s, _) = node
+        .get_json(&format!(
+            "/api/v1/scans/{}/transit/aligned.png",
+            p.exit.scan_id
+        ))
+        .await;
+    assert_eq!(s, 404, "no comparison yet");
+
+    post(&node, &p.entry).await;
+    let done = wait_transit(&node, &p.exit.scan_id, None).await;
+    let v = &done["verdict"];
+    assert_eq!(v["transit"]["status"], "unchanged", "{v}");
+    assert_eq!(v["supersedes"], awaiting_id.as_str());
+    assert_eq!(done["verdict_history"].as_array().unwrap().len(), 2);
+    // Entry and exit verdicts, and the superseding one: each with its outbox row.
+    node.wait_counts((2, 3, 3), Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_whose_entry_never_comes_becomes_unpaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.transit.unpaired_after = Duration::from_secs(2);
+    cfg.transit.sweep = Duration::from_millis(500);
+    let node = TestNode::start_with(cfg).await;
+    let p = pair_sim(9, 0.0).next_transit_pair();
+    post(&node, &p.exit).await;
+    let first = wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
+    let done = wait_transit(&node, &p.exit.scan_id, Some("unpaired")).await;
+    let v = &done["verdict"];
+    assert_eq!(v["supersedes"], first["verdict"]["verdict_id"]);
+    assert_eq!(v["outcome"], "refer");
+    assert!(
+        v["transit"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(p.exit.sidecar["declaration"]["number"].as_str().unwrap()),
+        "{v}"
+    );
+    // Once unpaired, the sweep leaves it alone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.wait_counts((1, 2, 2), Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_package_from_the_entry_site_is_paired_at_reduced_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let p = clearly_tampered(11);
+    post(&node, &p.exit).await;
+    wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
+
+    // What the uplink does with a received package: image durable first, then the row,
+    // then the notification.
+    let reduction = 0.5;
+    let (w, h) = p.entry.image.dimensions();
+    let (rw, rh) = (
+        (w as f64 * reduction).round() as u32,
+        (h as f64 * reduction).round() as u32,
+    );
+    let small = image::imageops::resize(
+        &p.entry.image,
+        rw,
+        rh,
+        image::imageops::FilterType::Triangle,
+    );
+    let rel = format!("entries/{}/image.png", p.entry.scan_id);
+    let path = node.data.join(&rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    small.save(&path).unwrap();
+    let mm = &p.entry.sidecar["image"]["pixel_mm"];
+    let pkg = EntryPackage {
+        schema: ENTRY_SCHEMA.into(),
+        entry_scan_id: p.entry.scan_id.clone(),
+        origin_site: "KHI".into(),
+        origin_node: "KHI-N1".into(),
+        exit_site: "TKM".into(),
+        declaration_number: p.entry.sidecar["declaration"]["number"]
+            .as_str()
+            .unwrap()
+            .into(),
+        container_ids: p.entry.sidecar["container_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect(),
+        scanned_at: p.entry.sidecar["scanned_at"].as_str().unwrap().into(),
+        sidecar: p.entry.sidecar.clone(),
+        image_width: rw,
+        image_height: rh,
+        reduction,
+        pixel_mm: Some([
+            mm[0].as_f64().unwrap() / reduction,
+            mm[1].as_f64().unwrap() / reduction,
+        ]),
+        embeddings: None,
+    };
+    let n = node.node.as_ref().unwrap();
+    n.store
+        .write(move |t| riac_node::store::entries::insert(t, &pkg, &rel))
+        .await
+        .unwrap();
+    n.transit.entry_available(&p.entry.scan_id).await;
+
+    let done = wait_transit(&node, &p.exit.scan_id, None).await;
+    let t = &done["verdict"]["transit"];
+    assert_eq!(t["status"], "changed", "{t} ({})", p.truth.notes);
+    assert_eq!(t["entry_scan_id"], p.entry.scan_id.as_str());
+    // Regions are in the package image's pixels.
+    let truth: Vec<[u32; 4]> = p
+        .truth
+        .regions_entry_px
+        .iter()
+        .map(|b| b.map(|v| (v as f64 * reduction).round() as u32))
+        .collect();
+    let regions = t["regions"].as_array().unwrap();
+    assert!(
+        regions.iter().any(|r| truth.iter().any(|b| overlaps(r, b))),
+        "{regions:?} vs {truth:?}"
+    );
+    let img = get_png(
+        &node,
+        &format!("/api/v1/scans/{}/transit/entry.png", p.exit.scan_id),
+    )
+    .await;
+    assert_eq!((img.width(), img.height()), (rw, rh));
+}
