@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod scan;
 pub mod sim;
 pub mod store;
+pub mod tuning;
 pub mod uplink;
 pub mod web;
 
@@ -54,6 +55,8 @@ pub enum NodeError {
     Web(#[from] web::WebError),
     #[error(transparent)]
     Uplink(#[from] uplink::UplinkError),
+    #[error(transparent)]
+    Tuning(#[from] tuning::TuningError),
     #[error("cannot load the embedding model ([matching] in the config): {0}")]
     Matching(#[from] matching::MatchError),
 }
@@ -138,7 +141,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     };
     let signer = Some(node_key.clone() as Arc<dyn store::verdicts::VerdictSigner>);
     let manifest = pipeline::ManifestCheck {
-        matcher,
+        matcher: matcher.clone(),
         data_dir: cfg.data_dir.clone(),
         metrics: metrics.clone(),
     };
@@ -150,6 +153,23 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         signer.clone(),
         manifest.clone(),
     );
+    let tuning = match tuning::Tuning::load(
+        &cfg.data_dir,
+        cfg.ingest.limits,
+        store.clone(),
+        transit.clone(),
+        matcher,
+    ) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            token.cancel();
+            tracker.close();
+            tracker.wait().await;
+            store.close().await;
+            return Err(e.into());
+        }
+    };
+    tuning.spawn(&uplink, &tracker, &token);
     tracker.spawn(transit.clone().run(transit_rx, token.clone()));
     {
         // Entry packages the uplink stores are handed to pairing. A lagging receiver only

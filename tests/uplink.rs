@@ -1018,7 +1018,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     publish(
         &sub,
         cmd("thresholds"),
-        br#"{"command_id": "c-unsigned", "args": {"transit": {"change_score": 0.5}}}"#.to_vec(),
+        br#"{"command_id": "c-unsigned", "args": {"transit": {"refer_score": 0.5}}}"#.to_vec(),
     )
     .await;
     let mut other_node = serde_json::json!({"command_id": "c-other", "node_id": "KHI-N9", "name": "thresholds", "args": {}});
@@ -1033,7 +1033,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     .await;
     // Signed by another key.
     let impostor = NodeKey::generate(&dir.path().join("impostor.key")).unwrap();
-    let mut forged = serde_json::json!({"command_id": "c-forged", "node_id": "KHI-N3", "name": "thresholds", "args": {"transit": {"change_score": 0.5}}});
+    let mut forged = serde_json::json!({"command_id": "c-forged", "node_id": "KHI-N3", "name": "thresholds", "args": {"transit": {"refer_score": 0.5}}});
     forged["signature"] = impostor
         .sign_hex(riac_node::store::chain::canonical_json(&forged).as_bytes())
         .into();
@@ -1056,7 +1056,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         signed(
             "thresholds",
             "c-range",
-            serde_json::json!({"transit": {"change_score": 7}}),
+            serde_json::json!({"transit": {"refer_score": 7}}),
         ),
     )
     .await;
@@ -1067,7 +1067,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         signed(
             "thresholds",
             "c-nohandler",
-            serde_json::json!({"transit": {"change_score": 0.5}}),
+            serde_json::json!({"transit": {"refer_score": 0.5}}),
         ),
     )
     .await;
@@ -1101,7 +1101,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
             && err_of("c-unknown").contains("image-request")
     );
     assert!(
-        err_of("c-range").contains("transit.change_score"),
+        err_of("c-range").contains("transit.refer_score"),
         "{}",
         err_of("c-range")
     );
@@ -1128,9 +1128,9 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
                 let CentreRequest::Thresholds(t) = call.request else {
                     panic!("wrong request")
                 };
-                let score = t.transit.and_then(|t| t.change_score).unwrap();
+                let score = t.transit.and_then(|t| t.refer_score).unwrap();
                 let _ = call.reply.send(Ok(
-                    serde_json::json!({"applied": {"transit.change_score": score}}),
+                    serde_json::json!({"applied": {"transit.refer_score": score}}),
                 ));
             }
         });
@@ -1138,7 +1138,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     let ok_cmd = signed(
         "thresholds",
         "c-ok",
-        serde_json::json!({"transit": {"change_score": 0.42}}),
+        serde_json::json!({"transit": {"refer_score": 0.42}}),
     );
     publish(&sub, cmd("thresholds"), ok_cmd.clone()).await;
     wait_for(Duration::from_secs(20), "c-ok reply", || {
@@ -1147,7 +1147,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     .await;
     let r = &reply_for(&sub, "c-ok")[0];
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["result"]["applied"]["transit.change_score"], 0.42);
+    assert_eq!(r["result"]["applied"]["transit.refer_score"], 0.42);
     // The same command again: the same reply, not done twice.
     publish(&sub, cmd("thresholds"), ok_cmd).await;
     wait_for(Duration::from_secs(20), "repeated reply", || {
@@ -1358,5 +1358,163 @@ async fn over_quota_entry_packages_wait_and_verdicts_are_still_kept() {
         handle.status().outbox.alert == riac_node::uplink::status::QuotaAlert::Ok
     })
     .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centre_thresholds_and_references_reach_the_checks_and_survive_a_restart() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let port = rumqttd_broker();
+    let password_file = dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let make_cfg = || {
+        let up = RawUplink {
+            broker: Some(format!("mqtt://127.0.0.1:{port}")),
+            allow_plain: Some(true),
+            username: Some("riac".into()),
+            password_file: Some(password_file.clone()),
+            reconnect_min_ms: Some(100),
+            reconnect_max_secs: Some(1),
+            ..Default::default()
+        };
+        let mut cfg = node_config(dir.path(), "KHI-N7", "KHI", up);
+        cfg.matching.model = Some(riac_node::matching::bundled_model());
+        cfg
+    };
+    let mut node = TestNode::start_with(make_cfg()).await;
+    let handle = node.node.as_ref().unwrap().uplink.clone();
+    wait_for(Duration::from_secs(20), "node subscribed", || {
+        handle.status().subscribed
+    })
+    .await;
+    let sub = Sub::start_as(
+        port,
+        "centre-tune",
+        Some(("centre", "c3ntre")),
+        &["riac/v1/KHI/KHI-N7/cmd-reply"],
+        true,
+    )
+    .await;
+    let send = |name: &str, id: &str, args: serde_json::Value| {
+        let topic = format!("riac/v1/KHI/KHI-N7/cmd/{name}");
+        let payload =
+            serde_json::to_vec(&serde_json::json!({"command_id": id, "args": args})).unwrap();
+        let client = sub.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap()
+        }
+    };
+    let reply = |id: &str| {
+        sub.json_on("/cmd-reply")
+            .into_iter()
+            .find(|r| r["command_id"] == id)
+    };
+
+    // Contradictory thresholds are refused as a whole, and nothing changes.
+    let before = node.node.as_ref().unwrap().transit.config().thresholds;
+    send(
+        "thresholds",
+        "t-bad",
+        serde_json::json!({"transit": {"refer_score": 0.5, "alert_score": 0.2}}),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "t-bad reply", || {
+        reply("t-bad").is_some()
+    })
+    .await;
+    let r = reply("t-bad").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("alert_score"), "{r}");
+    assert_eq!(
+        node.node.as_ref().unwrap().transit.config().thresholds,
+        before
+    );
+
+    // Good ones are applied to both checks and answered with what is now in force.
+    send(
+        "thresholds",
+        "t-ok",
+        serde_json::json!({"transit": {"refer_score": 0.42}, "manifest": {"consistent_min": 0.6}}),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "t-ok reply", || {
+        reply("t-ok").is_some()
+    })
+    .await;
+    let r = reply("t-ok").unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["in_force"]["transit"]["refer_score"], 0.42);
+    assert_eq!(r["result"]["in_force"]["manifest"]["consistent_min"], 0.6);
+    assert_eq!(
+        node.node
+            .as_ref()
+            .unwrap()
+            .transit
+            .config()
+            .thresholds
+            .refer_score,
+        0.42
+    );
+
+    // A reference item: embedded with the node's model and stored in its library.
+    let mut s = riac_node::sim::Simulator::new(riac_node::sim::SimOptions {
+        seed: 31,
+        resolution_scale: 0.35,
+        ..riac_node::sim::SimOptions::default()
+    });
+    let d = loop {
+        let d = s.next_drop();
+        if d.sidecar["declaration"]["goods"][0]["hs_code"].is_string() {
+            break d;
+        }
+    };
+    let hs = d.sidecar["declaration"]["goods"][0]["hs_code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let png = riac_node::imaging::encode_png16(&d.image).unwrap();
+    send(
+        "library-add",
+        "l-1",
+        serde_json::json!({"items": [{
+            "reference_id": "centre-ref-1",
+            "hs_code": hs,
+            "image_png_base64": base64::engine::general_purpose::STANDARD.encode(&png),
+            "pixel_mm": d.sidecar["image"]["pixel_mm"],
+        }]}),
+    )
+    .await;
+    wait_for(Duration::from_secs(60), "l-1 reply", || {
+        reply("l-1").is_some()
+    })
+    .await;
+    let r = reply("l-1").unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["result"]["added"],
+        serde_json::json!(["centre-ref-1"]),
+        "{r}"
+    );
+    let refs = node
+        .node
+        .as_ref()
+        .unwrap()
+        .store
+        .read(riac_node::matching::library::list)
+        .await
+        .unwrap();
+    assert!(refs
+        .iter()
+        .any(|x| x.reference_id == "centre-ref-1" && x.hs_code == hs));
+    node.stop().await;
+
+    // After a restart the centre's thresholds are still in force.
+    let mut node = TestNode::start_with(make_cfg()).await;
+    let n = node.node.as_ref().unwrap();
+    assert_eq!(n.transit.config().thresholds.refer_score, 0.42);
     node.stop().await;
 }

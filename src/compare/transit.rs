@@ -9,8 +9,9 @@
 //! re-checks it when an entry arrives ([`Transit::entry_available`], called by the pipeline
 //! for entry scans and by the uplink for entry packages) and, on its periodic sweep, when
 //! an entry turned up unnoticed or when `[transit] unpaired_after_hours` has passed
-//! (`unpaired`). Each such verdict supersedes the awaiting one. This module never decides
-//! the manifest part of a verdict and never deletes scans or images.
+//! (`unpaired`). Each such verdict supersedes the awaiting one, with a fresh manifest part
+//! from the pipeline's [`crate::pipeline::ManifestCheck`]. This module never deletes scans
+//! or images.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -260,7 +261,9 @@ pub struct Transit {
 struct Inner {
     store: Store,
     data_dir: PathBuf,
-    cfg: TransitConfig,
+    // A std RwLock: read to copy, written by the centre's `cmd/thresholds`; never held
+    // across an await.
+    cfg: std::sync::RwLock<TransitConfig>,
     metrics: Metrics,
     identity: NodeIdentity,
     signer: Option<Arc<dyn VerdictSigner>>,
@@ -287,7 +290,7 @@ impl Transit {
                 inner: Arc::new(Inner {
                     store,
                     data_dir: cfg.data_dir.clone(),
-                    cfg: cfg.transit.clone(),
+                    cfg: std::sync::RwLock::new(cfg.transit.clone()),
                     metrics,
                     identity,
                     signer,
@@ -323,6 +326,17 @@ impl Transit {
         }
     }
 
+    /// The settings in force: the config's `[transit]`, as the centre may have tuned it.
+    pub fn config(&self) -> TransitConfig {
+        self.inner.cfg.read().expect("transit config lock").clone()
+    }
+
+    /// Replaces the settings in force (the centre's `cmd/thresholds`); the next comparison
+    /// and the next sweep use them.
+    pub fn set_config(&self, cfg: TransitConfig) {
+        *self.inner.cfg.write().expect("transit config lock") = cfg;
+    }
+
     /// The transit part of an exit scan's verdict: pairs, compares, stores the images.
     pub async fn check_exit(&self, exit: &ScanRecord) -> Result<TransitCheck, StoreError> {
         let (decl, containers) = (exit.declaration_number.clone(), exit.container_ids.clone());
@@ -356,7 +370,8 @@ impl Transit {
         let exit_dir = inner.data_dir.join(&exit.image_dir);
         let exit_path = exit_dir.join(CANONICAL_IMAGE);
         let exit_mm = pixel_mm(exit.sidecar.as_ref());
-        let th = inner.cfg.thresholds.clone();
+        let th = self.config().thresholds;
+        let th_decide = th.clone();
         let Ok(_permit) = inner.cpu.acquire().await else {
             return inconclusive(&entry_id, "the node is shutting down".into());
         };
@@ -408,7 +423,7 @@ impl Transit {
                     ms = c.timings.total_ms,
                     "transit comparison done"
                 );
-                from_comparison(&c, &entry_id, &inner.cfg.thresholds)
+                from_comparison(&c, &entry_id, &th_decide)
             }
             Ok(Err(e)) => {
                 tracing::error!(exit = %exit.scan_id, entry = %entry_id, error = %e, "transit comparison could not run");
@@ -436,7 +451,7 @@ impl Transit {
     /// `[transit] sweep_secs` (entries that arrived unnoticed, and exits past
     /// `unpaired_after_hours`), until `token` is cancelled.
     pub async fn run(self, mut rx: mpsc::Receiver<String>, token: CancellationToken) {
-        let mut tick = tokio::time::interval(self.inner.cfg.sweep);
+        let mut tick = tokio::time::interval(self.config().sweep);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let r = tokio::select! {
@@ -536,8 +551,9 @@ impl Transit {
                 &time::format_description::well_known::Rfc3339,
             )
             .unwrap_or(now);
-            if now - since >= self.inner.cfg.unpaired_after {
-                let hours = self.inner.cfg.unpaired_after.as_secs_f64() / 3600.0;
+            let unpaired_after = self.config().unpaired_after;
+            if now - since >= unpaired_after {
+                let hours = unpaired_after.as_secs_f64() / 3600.0;
                 let check = unpaired(&exit.declaration_number, &exit.container_ids, hours);
                 self.supersede(&aw, &exit, check).await?;
             }

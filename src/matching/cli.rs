@@ -144,36 +144,74 @@ fn make_reference(
         }
     };
     let (pixel_mm, cab_left) = super::image_geometry(Some(&d.meta.raw));
+    let description = d
+        .meta
+        .declaration
+        .goods
+        .first()
+        .and_then(|g| g.description.clone());
+    reference_from_image(
+        model,
+        data_dir,
+        ReferenceSource {
+            reference_id: &d.meta.scan_id,
+            hs_code: &hs_code,
+            description,
+            declares_empty: check::declares_empty(&codes),
+            image: &d.image,
+            pixel_mm,
+            cab_left,
+            source_sha256: &d.sha256,
+        },
+    )
+}
+
+/// What a reference is made of, wherever it came from (a drop, a centre command).
+pub struct ReferenceSource<'a> {
+    pub reference_id: &'a str,
+    pub hs_code: &'a str,
+    pub description: Option<String>,
+    /// The label says "empty container": no cargo tile is expected.
+    pub declares_empty: bool,
+    /// Canonical: 16-bit transmission, air bright.
+    pub image: &'a Gray16,
+    pub pixel_mm: Option<[f64; 2]>,
+    pub cab_left: Option<bool>,
+    /// Of the source bytes: an unchanged re-import is a no-op.
+    pub source_sha256: &'a str,
+}
+
+/// Embeds one image as a reference and writes its thumbnail durably (blocking). `Err`
+/// text says why it cannot be one.
+pub fn reference_from_image(
+    model: &EmbeddingModel,
+    data_dir: &Path,
+    r: ReferenceSource<'_>,
+) -> Result<NewReference, String> {
     let e = model
-        .embed_image(&d.image, pixel_mm, cab_left)
+        .embed_image(r.image, r.pixel_mm, r.cab_left)
         .map_err(|e| e.to_string())?;
     if e.prepared.band.is_none() {
         return Err("no truck or cargo space found in the image".into());
     }
-    let empty = check::declares_empty(&codes);
-    if !empty && e.prepared.tile_count() == 0 {
+    if !r.declares_empty && e.prepared.tile_count() == 0 {
         return Err("goods declared but no cargo tile found in the image".into());
     }
-    let png = thumbnail_png(&d.image).map_err(|e| e.to_string())?;
-    let rel = library::thumbnail_rel(&d.meta.scan_id);
+    let png = thumbnail_png(r.image).map_err(|e| e.to_string())?;
+    let rel = library::thumbnail_rel(r.reference_id);
     library::write_file_durably(data_dir, &rel, &png).map_err(|e| format!("{rel}: {e}"))?;
     Ok(NewReference {
         info: ReferenceInfo {
-            reference_id: d.meta.scan_id.clone(),
-            hs_code,
-            description: d
-                .meta
-                .declaration
-                .goods
-                .first()
-                .and_then(|g| g.description.clone()),
+            reference_id: r.reference_id.to_string(),
+            hs_code: r.hs_code.to_string(),
+            description: r.description,
             imported_at: crate::store::now_rfc3339(),
-            source_sha256: d.sha256.clone(),
+            source_sha256: r.source_sha256.to_string(),
             model_sha256: model.reference().sha256,
             tile_count: e.prepared.tile_count() as u32,
             fill: f64::from(e.prepared.fill),
-            width: d.image.width(),
-            height: d.image.height(),
+            width: r.image.width(),
+            height: r.image.height(),
             thumbnail: rel,
         },
         dim: e.dim,

@@ -183,7 +183,8 @@ pub struct MatchReport {
 /// The model, the check thresholds and the library, for one node or one CLI run.
 pub struct Matcher {
     model: EmbeddingModel,
-    params: CheckParams,
+    // Read to copy, written by the centre's `cmd/thresholds`; never held across inference.
+    params: std::sync::RwLock<CheckParams>,
     store: Store,
     // A std Mutex: held only to swap the Arc, never across inference or an await.
     index: Mutex<Option<Arc<LibraryIndex>>>,
@@ -193,7 +194,7 @@ impl Matcher {
     pub fn new(model: EmbeddingModel, params: CheckParams, store: Store) -> Self {
         Matcher {
             model,
-            params,
+            params: std::sync::RwLock::new(params),
             store,
             index: Mutex::new(None),
         }
@@ -203,8 +204,14 @@ impl Matcher {
         &self.model
     }
 
-    pub fn params(&self) -> &CheckParams {
-        &self.params
+    /// The manifest-check thresholds in force.
+    pub fn params(&self) -> CheckParams {
+        self.params.read().expect("params lock").clone()
+    }
+
+    /// Replaces the thresholds in force (the centre's `cmd/thresholds`).
+    pub fn set_params(&self, p: CheckParams) {
+        *self.params.write().expect("params lock") = p;
     }
 
     /// The library index, reloaded from the store when its content changed (a `library
@@ -258,7 +265,7 @@ impl Matcher {
                 .map(|(r, s)| (r.reference_id.as_str(), r.hs_code.as_str(), *s))
                 .collect(),
         };
-        let mut contribution = check::decide(&evidence, &self.params);
+        let mut contribution = check::decide(&evidence, &self.params());
         contribution.model = Some(self.model.reference());
         let t2 = Instant::now();
         Ok(MatchReport {

@@ -70,24 +70,38 @@ pub struct Thresholds {
     pub manifest: Option<ManifestThresholds>,
 }
 
+/// `[transit]` keys the centre may set (same names and meaning as in the config).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransitThresholds {
-    /// Change score at or above which a pair is `changed` (0..1).
-    pub change_score: Option<f64>,
+    /// A changed region scoring at least this makes the pair `changed` (refer) (0..1).
+    pub refer_score: Option<f64>,
+    /// A region scoring at least this and covering `alert_min_area_m2` is an alert (0..1).
+    pub alert_score: Option<f64>,
+    /// Smallest area of an alert region, in m² (0..100).
+    pub alert_min_area_m2: Option<f64>,
     /// Smallest changed region reported, in m² (0..100).
     pub min_region_m2: Option<f64>,
+    /// Below this alignment quality a pair is inconclusive (0..1).
+    pub min_alignment_quality: Option<f64>,
     /// Hours an exit scan waits for its entry before it is `unpaired` (0..2160].
     pub unpaired_after_hours: Option<f64>,
 }
 
+/// `[matching]` thresholds the centre may set (same names and meaning as in the config).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestThresholds {
-    /// Similarity at or above which a reference match counts (0..1).
-    pub min_score: Option<f64>,
-    /// Score margin by which another HS heading must win to call `inconsistent` (0..1).
-    pub inconsistent_margin: Option<f64>,
+    /// Evidence share on the declared headings at or above which a scan is consistent (0..1).
+    pub consistent_min: Option<f64>,
+    /// Evidence share at or below which it is inconsistent (0..1, below consistent_min).
+    pub inconsistent_max: Option<f64>,
+    /// Confidence of an inconsistency in another HS chapter that makes it an alert (0..1).
+    pub alert_confidence: Option<f64>,
+    /// Fill at or below which a container is empty (0..1, below loaded_fill_min).
+    pub empty_fill_max: Option<f64>,
+    /// Fill at or above which it is loaded (0..1).
+    pub loaded_fill_min: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -584,8 +598,23 @@ fn parse_thresholds(args: serde_json::Value) -> Result<Thresholds, String> {
             Ok(())
         };
     if let Some(tr) = &t.transit {
-        check("transit.change_score", tr.change_score, 0.0, 1.0, false)?;
+        check("transit.refer_score", tr.refer_score, 0.0, 1.0, false)?;
+        check("transit.alert_score", tr.alert_score, 0.0, 1.0, false)?;
+        check(
+            "transit.alert_min_area_m2",
+            tr.alert_min_area_m2,
+            0.0,
+            100.0,
+            false,
+        )?;
         check("transit.min_region_m2", tr.min_region_m2, 0.0, 100.0, false)?;
+        check(
+            "transit.min_alignment_quality",
+            tr.min_alignment_quality,
+            0.0,
+            1.0,
+            false,
+        )?;
         check(
             "transit.unpaired_after_hours",
             tr.unpaired_after_hours,
@@ -595,17 +624,32 @@ fn parse_thresholds(args: serde_json::Value) -> Result<Thresholds, String> {
         )?;
     }
     if let Some(m) = &t.manifest {
-        check("manifest.min_score", m.min_score, 0.0, 1.0, false)?;
+        check("manifest.consistent_min", m.consistent_min, 0.0, 1.0, false)?;
         check(
-            "manifest.inconsistent_margin",
-            m.inconsistent_margin,
+            "manifest.inconsistent_max",
+            m.inconsistent_max,
+            0.0,
+            1.0,
+            false,
+        )?;
+        check(
+            "manifest.alert_confidence",
+            m.alert_confidence,
+            0.0,
+            1.0,
+            false,
+        )?;
+        check("manifest.empty_fill_max", m.empty_fill_max, 0.0, 1.0, false)?;
+        check(
+            "manifest.loaded_fill_min",
+            m.loaded_fill_min,
             0.0,
             1.0,
             false,
         )?;
     }
     if !any {
-        return Err("args: no threshold given; set at least one of transit.change_score, transit.min_region_m2, transit.unpaired_after_hours, manifest.min_score, manifest.inconsistent_margin".into());
+        return Err("args: no threshold given; set at least one key of transit (refer_score, alert_score, alert_min_area_m2, min_region_m2, min_alignment_quality, unpaired_after_hours) or manifest (consistent_min, inconsistent_max, alert_confidence, empty_fill_max, loaded_fill_min)".into());
     }
     Ok(t)
 }
@@ -754,12 +798,11 @@ mod tests {
 
     #[test]
     fn thresholds_are_checked() {
-        let t = parse_thresholds(serde_json::json!({"transit": {"change_score": 0.4}})).unwrap();
-        assert_eq!(t.transit.unwrap().change_score, Some(0.4));
-        let e =
-            parse_thresholds(serde_json::json!({"transit": {"change_score": 1.5}})).unwrap_err();
+        let t = parse_thresholds(serde_json::json!({"transit": {"refer_score": 0.4}})).unwrap();
+        assert_eq!(t.transit.unwrap().refer_score, Some(0.4));
+        let e = parse_thresholds(serde_json::json!({"transit": {"refer_score": 1.5}})).unwrap_err();
         assert!(
-            e.contains("transit.change_score") && e.contains("1.5"),
+            e.contains("transit.refer_score") && e.contains("1.5"),
             "{e}"
         );
         let e =
@@ -767,8 +810,8 @@ mod tests {
         assert!(e.contains("chnage_score"), "{e}");
         let e = parse_thresholds(serde_json::json!({})).unwrap_err();
         assert!(e.contains("no threshold"), "{e}");
-        let e =
-            parse_thresholds(serde_json::json!({"manifest": {"min_score": "high"}})).unwrap_err();
-        assert!(e.contains("manifest.min_score"), "{e}");
+        let e = parse_thresholds(serde_json::json!({"manifest": {"consistent_min": "high"}}))
+            .unwrap_err();
+        assert!(e.contains("manifest.consistent_min"), "{e}");
     }
 }
