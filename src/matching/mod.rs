@@ -206,7 +206,7 @@ impl Matcher {
 
     /// The manifest-check thresholds in force.
     pub fn params(&self) -> CheckParams {
-        self.params.read().expect("params lock").clone()
+        *self.params.read().expect("params lock")
     }
 
     /// Replaces the thresholds in force (the centre's `cmd/thresholds`).
