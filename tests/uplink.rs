@@ -1067,7 +1067,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         signed(
             "thresholds",
             "c-nohandler",
-            serde_json::json!({"transit": {"refer_score": 0.5}}),
+            serde_json::json!({"manifest": {"consistent_min": 0.6}}),
         ),
     )
     .await;
@@ -1110,8 +1110,9 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         "{}",
         err_of("c-hs")
     );
+    // The node's own handler refuses what it cannot apply: this node has no model.
     assert!(
-        err_of("c-nohandler").contains("not supported on this node"),
+        err_of("c-nohandler").contains("no embedding model is loaded"),
         "{}",
         err_of("c-nohandler")
     );
