@@ -255,10 +255,13 @@ pub fn probe_broker(b: &crate::uplink::config::BrokerConfig) -> Result<String, P
             "plain TCP"
         }
         Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from(b.host.clone())
-                .map_err(|_| ProbeError::ServerName { host: b.host.clone() })?;
-            let conn = rustls::ClientConnection::new(config, name)
-                .map_err(|e| ProbeError::Tls {
+            let name = rustls::pki_types::ServerName::try_from(b.host.clone()).map_err(|_| {
+                ProbeError::ServerName {
+                    host: b.host.clone(),
+                }
+            })?;
+            let conn =
+                rustls::ClientConnection::new(config, name).map_err(|e| ProbeError::Tls {
                     addr: addr.clone(),
                     host: b.host.clone(),
                     source: std::io::Error::other(e),
@@ -286,7 +289,11 @@ pub fn probe_broker(b: &crate::uplink::config::BrokerConfig) -> Result<String, P
 }
 
 /// MQTT 3.1.1 CONNECT with clean session (section 3.1 of the standard).
-fn connect_packet(client_id: &str, cred: Option<&(String, String)>, keep_alive: Duration) -> Vec<u8> {
+fn connect_packet(
+    client_id: &str,
+    cred: Option<&(String, String)>,
+    keep_alive: Duration,
+) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s);
@@ -333,7 +340,9 @@ fn mqtt_connect<S: Read + Write>(
         secs: timeout.as_secs(),
         source,
     };
-    s.write_all(connect).and_then(|()| s.flush()).map_err(no_ack)?;
+    s.write_all(connect)
+        .and_then(|()| s.flush())
+        .map_err(no_ack)?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).map_err(no_ack)?;
     if ack[0] != 0x20 || ack[1] != 0x02 {
