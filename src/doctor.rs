@@ -646,6 +646,74 @@ mod tests {
     }
 
     #[test]
+    fn connect_packet_is_mqtt_3_1_1_with_clean_session() {
+        let p = connect_packet("c", None, Duration::from_secs(30));
+        assert_eq!(
+            p,
+            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'c']
+        );
+        let cred = ("u".to_string(), "pw".to_string());
+        let p = connect_packet("c", Some(&cred), Duration::from_secs(30));
+        assert_eq!(p[1] as usize, p.len() - 2);
+        assert_eq!(p[9], 0xc2);
+        assert!(p.ends_with(&[0, 1, b'u', 0, 2, b'p', b'w']));
+    }
+
+    /// A broker that answers every write with `reply`.
+    struct Answer {
+        reply: std::io::Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+    impl Read for Answer {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.reply.read(b)
+        }
+    }
+    impl Write for Answer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.written.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn connack_codes_are_named() {
+        let mut ok = Answer {
+            reply: std::io::Cursor::new(vec![0x20, 2, 0, 0]),
+            written: Vec::new(),
+        };
+        mqtt_connect(&mut ok, &[0x10, 0], "a:1", Duration::from_secs(1)).unwrap();
+        assert_eq!(ok.written, [0x10, 0, 0xe0, 0]);
+        let mut refused = Answer {
+            reply: std::io::Cursor::new(vec![0x20, 2, 0, 5]),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut refused, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a:1") && e.contains("not authorised"), "{e}");
+        let mut http = Answer {
+            reply: std::io::Cursor::new(b"HTTP/1.1 400".to_vec()),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut http, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an MQTT CONNACK"), "{e}");
+        let mut silent = Answer {
+            reply: std::io::Cursor::new(Vec::new()),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut silent, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no MQTT answer"), "{e}");
+    }
+
+    #[test]
     fn damaged_database_fails() {
         let d = tempfile::tempdir().unwrap();
         let p = write_config(d.path(), "");
