@@ -606,9 +606,15 @@ fn doctor_fails_clearly_on_an_unwritable_data_dir() {
         // data dir is read-only, as it would be for the riac user after a bad chown.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // The build dir may sit under a home nobody cannot enter (/root on CI): give
+        // nobody the binary where it can reach it.
+        let bin = dir.path().join("riac-node");
+        if std::fs::hard_link(BIN, &bin).is_err() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
         let (out, text) = run(Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-            .arg(BIN)
+            .arg(&bin)
             .args(["doctor", "--config"])
             .arg(&cfg));
         (out.status.success(), text)
