@@ -1,12 +1,16 @@
 //! `riac-node doctor`: the field engineer's self-check. Each check reports pass, warn or
 //! fail with a sentence saying what was found and what to do; the command exits non-zero
 //! when any check fails. Checks only read, or write and remove their own probe files: the
-//! doctor never changes the node's data.
+//! doctor never changes the node's data. The broker check opens its own MQTT session
+//! under a separate client id with a clean session, so that it neither takes over nor
+//! wipes the running node's persistent session.
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::time::Duration;
 
 use crate::config::{Config, Overrides};
 
@@ -75,10 +79,296 @@ pub fn run(config_path: &Path, ov: &Overrides) -> Vec<Check> {
     checks.push(check_dir_writable("data dir", &cfg.data_dir));
     checks.push(check_free_space(&cfg.data_dir));
     checks.push(check_database(&cfg));
-    checks.push(check_dir_writable("hot folder", &cfg.hot_folder));
+    checks.push(check_hot_folder(&cfg.hot_folder));
     checks.push(check_clock(&cfg));
     checks.push(check_listen(&cfg));
+    checks.push(check_model(&cfg));
+    checks.push(check_broker(&cfg));
     checks
+}
+
+/// The scanner writes into the hot folder and the node reads, renames and moves drops
+/// there: it must be listable as well as writable.
+fn check_hot_folder(dir: &Path) -> Check {
+    let w = check_dir_writable("hot folder", dir);
+    if w.status != Status::Pass {
+        return w;
+    }
+    match fs::read_dir(dir).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+        Ok(entries) => Check::new(
+            "hot folder",
+            Status::Pass,
+            format!(
+                "{} is readable and writable ({} entries)",
+                dir.display(),
+                entries.len()
+            ),
+        ),
+        Err(e) => Check::new(
+            "hot folder",
+            Status::Fail,
+            format!(
+                "cannot list {}: {e}; the service user riac needs read and execute permission (for a network share: the mount's uid/gid or file_mode/dir_mode)",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+/// Loads the model exactly as the daemon does: contract, sha256 of the .onnx, the backend,
+/// shapes and one trial run.
+fn check_model(cfg: &Config) -> Check {
+    use crate::matching::{resolve_backend, EmbeddingModel};
+    let Some(contract) = &cfg.matching.model else {
+        return Check::new(
+            "model",
+            Status::Warn,
+            "matching.model is not set: every verdict will say \"manifest check not run\" (refer); set it to /usr/share/riac-node/models/riac-texture.toml",
+        );
+    };
+    let loaded = resolve_backend(cfg.matching.backend, cfg.matching.ort_library.as_deref())
+        .and_then(|backend| EmbeddingModel::load(contract, backend));
+    match loaded {
+        Ok(m) => Check::new(
+            "model",
+            Status::Pass,
+            format!(
+                "{} {} loads on {} (sha256 {} as {} says)",
+                m.spec.model.name,
+                m.spec.model.version,
+                m.backend.name(),
+                m.spec.model.sha256,
+                contract.display()
+            ),
+        ),
+        Err(e) => Check::new("model", Status::Fail, format!("matching.model: {e}")),
+    }
+}
+
+/// Why the broker could not be used, stage by stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot resolve {host}: {source}; check uplink.broker and the node's DNS")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open a TCP connection to {addr}: {source}; check that the broker runs, uplink.broker's host and port, and the firewall (TCP {port} outbound)")]
+    Connect {
+        addr: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Files(#[from] crate::uplink::config::UplinkFileError),
+    #[error("uplink.broker host {host:?} is not a valid TLS server name")]
+    ServerName { host: String },
+    #[error("TLS handshake with {addr} failed: {source}; check that uplink.tls_ca_file is the centre's CA, that the broker's certificate names {host}, and that the client certificate is signed by the broker's CA")]
+    Tls {
+        addr: String,
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("no MQTT answer from {addr} within {secs} s ({source}); is it an MQTT broker, and TLS on a TLS port (mqtts://) only?")]
+    NoConnack {
+        addr: String,
+        secs: u64,
+        source: std::io::Error,
+    },
+    #[error("{addr} answered with something that is not an MQTT CONNACK ({bytes:02x?})")]
+    NotMqtt { addr: String, bytes: Vec<u8> },
+    #[error("the broker at {addr} refused the connection: {reason}")]
+    Refused { addr: String, reason: &'static str },
+}
+
+fn check_broker(cfg: &Config) -> Check {
+    let Some(b) = &cfg.uplink.broker else {
+        return Check::new(
+            "broker",
+            Status::Warn,
+            "no uplink.broker: the node works offline and the outbox keeps every verdict until a broker is configured",
+        );
+    };
+    match probe_broker(b) {
+        Ok(how) => Check::new(
+            "broker",
+            Status::Pass,
+            format!("{} accepted an MQTT session ({how})", b.url),
+        ),
+        Err(e) => Check::new("broker", Status::Fail, format!("{}: {e}", b.url)),
+    }
+}
+
+/// TCP connect, TLS handshake (with the configured CA and client certificate) and an
+/// MQTT 3.1.1 CONNECT answered by CONNACK 0, each within the uplink's connect timeout.
+pub fn probe_broker(b: &crate::uplink::config::BrokerConfig) -> Result<String, ProbeError> {
+    let tls = b.load_tls()?;
+    let credentials = b.credentials()?;
+    let timeout = b.connect_timeout.min(Duration::from_secs(15));
+    let addrs: Vec<_> = (b.host.as_str(), b.port)
+        .to_socket_addrs()
+        .map_err(|source| ProbeError::Resolve {
+            host: b.host.clone(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    let mut sock = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => {
+                sock = Some((s, *a));
+                break;
+            }
+            Err(e) => last = Some((*a, e)),
+        }
+    }
+    let (sock, addr) = match (sock, last) {
+        (Some(s), _) => s,
+        (None, Some((a, source))) => {
+            return Err(ProbeError::Connect {
+                addr: a.to_string(),
+                port: b.port,
+                source,
+            })
+        }
+        (None, None) => {
+            return Err(ProbeError::Resolve {
+                host: b.host.clone(),
+                source: std::io::Error::other("no address"),
+            })
+        }
+    };
+    let addr = addr.to_string();
+    let io_timeout = |s: &TcpStream| {
+        let _ = s.set_read_timeout(Some(timeout));
+        let _ = s.set_write_timeout(Some(timeout));
+    };
+    io_timeout(&sock);
+    // Our own client id, clean session: see the module header.
+    let client_id = format!("{}-doctor", b.client_id);
+    let connect = connect_packet(&client_id, credentials.as_ref(), b.keep_alive);
+    let how = match tls {
+        None => {
+            let mut s = sock;
+            mqtt_connect(&mut s, &connect, &addr, timeout)?;
+            "plain TCP"
+        }
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(b.host.clone()).map_err(|_| {
+                ProbeError::ServerName {
+                    host: b.host.clone(),
+                }
+            })?;
+            let conn =
+                rustls::ClientConnection::new(config, name).map_err(|e| ProbeError::Tls {
+                    addr: addr.clone(),
+                    host: b.host.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            while s.conn.is_handshaking() {
+                s.conn
+                    .complete_io(&mut s.sock)
+                    .map_err(|source| ProbeError::Tls {
+                        addr: addr.clone(),
+                        host: b.host.clone(),
+                        source,
+                    })?;
+            }
+            let how = if b.client_cert.is_some() {
+                "TLS with client certificate"
+            } else {
+                "TLS"
+            };
+            mqtt_connect(&mut s, &connect, &addr, timeout)?;
+            how
+        }
+    };
+    Ok(format!("{how}, CONNACK accepted as client {client_id}"))
+}
+
+/// MQTT 3.1.1 CONNECT with clean session (section 3.1 of the standard).
+fn connect_packet(
+    client_id: &str,
+    cred: Option<&(String, String)>,
+    keep_alive: Duration,
+) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    let mut flags = 0x02u8;
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(4);
+    if cred.is_some() {
+        flags |= 0x80 | 0x40;
+    }
+    body.push(flags);
+    body.extend_from_slice(&(keep_alive.as_secs().min(u64::from(u16::MAX)) as u16).to_be_bytes());
+    string(&mut body, client_id.as_bytes());
+    if let Some((u, p)) = cred {
+        string(&mut body, u.as_bytes());
+        string(&mut body, p.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn mqtt_connect<S: Read + Write>(
+    s: &mut S,
+    connect: &[u8],
+    addr: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let no_ack = |source| ProbeError::NoConnack {
+        addr: addr.to_string(),
+        secs: timeout.as_secs(),
+        source,
+    };
+    s.write_all(connect)
+        .and_then(|()| s.flush())
+        .map_err(no_ack)?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).map_err(no_ack)?;
+    if ack[0] != 0x20 || ack[1] != 0x02 {
+        return Err(ProbeError::NotMqtt {
+            addr: addr.to_string(),
+            bytes: ack.to_vec(),
+        });
+    }
+    let reason = match ack[3] {
+        0 => {
+            // DISCONNECT, so that the broker does not publish a will or log a lost client.
+            let _ = s.write_all(&[0xe0, 0x00]);
+            let _ = s.flush();
+            return Ok(());
+        }
+        1 => "unacceptable protocol version (the broker must speak MQTT 3.1.1)",
+        2 => "client identifier rejected (check uplink.client_id; the doctor appends -doctor)",
+        3 => "server unavailable",
+        4 => "bad user name or password (uplink.username / uplink.password_file)",
+        5 => "not authorised (is this node's certificate CN / user name in the broker's ACL and allowed to connect?)",
+        _ => "unknown CONNACK return code",
+    };
+    Err(ProbeError::Refused {
+        addr: addr.to_string(),
+        reason,
+    })
 }
 
 fn check_dir_writable(name: &'static str, dir: &Path) -> Check {
@@ -353,6 +643,74 @@ mod tests {
         fs::write(&blocked, b"x").unwrap();
         let c = check_dir_writable("hot folder", &blocked.join("sub"));
         assert_eq!(c.status, Status::Fail);
+    }
+
+    #[test]
+    fn connect_packet_is_mqtt_3_1_1_with_clean_session() {
+        let p = connect_packet("c", None, Duration::from_secs(30));
+        assert_eq!(
+            p,
+            [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'c']
+        );
+        let cred = ("u".to_string(), "pw".to_string());
+        let p = connect_packet("c", Some(&cred), Duration::from_secs(30));
+        assert_eq!(p[1] as usize, p.len() - 2);
+        assert_eq!(p[9], 0xc2);
+        assert!(p.ends_with(&[0, 1, b'u', 0, 2, b'p', b'w']));
+    }
+
+    /// A broker that answers every write with `reply`.
+    struct Answer {
+        reply: std::io::Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+    impl Read for Answer {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.reply.read(b)
+        }
+    }
+    impl Write for Answer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.written.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn connack_codes_are_named() {
+        let mut ok = Answer {
+            reply: std::io::Cursor::new(vec![0x20, 2, 0, 0]),
+            written: Vec::new(),
+        };
+        mqtt_connect(&mut ok, &[0x10, 0], "a:1", Duration::from_secs(1)).unwrap();
+        assert_eq!(ok.written, [0x10, 0, 0xe0, 0]);
+        let mut refused = Answer {
+            reply: std::io::Cursor::new(vec![0x20, 2, 0, 5]),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut refused, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a:1") && e.contains("not authorised"), "{e}");
+        let mut http = Answer {
+            reply: std::io::Cursor::new(b"HTTP/1.1 400".to_vec()),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut http, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an MQTT CONNACK"), "{e}");
+        let mut silent = Answer {
+            reply: std::io::Cursor::new(Vec::new()),
+            written: Vec::new(),
+        };
+        let e = mqtt_connect(&mut silent, &[0x10, 0], "a:1", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no MQTT answer"), "{e}");
     }
 
     #[test]

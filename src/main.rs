@@ -111,7 +111,8 @@ enum Command {
         #[arg(long)]
         goods: Option<String>,
     },
-    /// Self-check for field engineers: config, directories, disk, database, clock, port.
+    /// Self-check for field engineers: config, directories, disk, database, clock, port,
+    /// hot folder, model (checksum), broker (TCP, TLS, MQTT CONNECT). Exit 1 on a failure.
     Doctor {
         #[arg(long, short, env = "RIAC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,

@@ -8,6 +8,7 @@ mod capture;
 mod daemon;
 mod dicom;
 mod matching;
+mod package;
 mod rejects;
 mod transit;
 mod ui;
