@@ -160,6 +160,24 @@ pub(super) async fn load_scan(
         .ok_or_else(|| AppError::NotFound(format!("scan {id} is not stored on this node")))
 }
 
+/// [`load_scan`] for the image endpoints: an evicted scan answers 410 Gone saying when and
+/// why its images were deleted.
+pub(super) async fn load_scan_with_images(
+    st: &AppState,
+    id: &str,
+) -> Result<store::scans::ScanRecord, AppError> {
+    let scan = load_scan(st, id).await?;
+    let id2 = id.to_string();
+    if let Some(e) = st
+        .store
+        .read(move |c| crate::retention::eviction_of(c, &id2))
+        .await?
+    {
+        return Err(AppError::Gone(crate::retention::gone_message(id, &e)));
+    }
+    Ok(scan)
+}
+
 pub async fn get_scan(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -244,7 +262,7 @@ pub async fn scan_image(
     Query(p): Query<ImageParams>,
 ) -> Result<Response, AppError> {
     let (window, max_width) = parse_image_params(&p)?;
-    let scan = load_scan(&st, &id).await?;
+    let scan = load_scan_with_images(&st, &id).await?;
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
     let png =
         super::images::render_cached(&st, format!("scan:{id}"), path, window, max_width).await?;
@@ -256,7 +274,7 @@ pub async fn scan_image16(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let scan = load_scan(&st, &id).await?;
+    let scan = load_scan_with_images(&st, &id).await?;
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
     let bytes = tokio::fs::read(&path)
         .await

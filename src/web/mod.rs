@@ -68,6 +68,8 @@ pub struct AppState {
     pub tls_fingerprint: Option<String>,
     /// The MQTT uplink's status (`GET /api/v1/uplink`); `unstarted` until the node sets it.
     pub uplink: crate::uplink::UplinkHandle,
+    /// Retention figures and the disk-full alert (status page, 410 for evicted images).
+    pub retention: crate::retention::Retention,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
         let uplink = crate::uplink::UplinkHandle::unstarted(&cfg.uplink);
         AppState {
             auth: Arc::new(auth::AuthState::new(&cfg.web)),
+            retention: crate::retention::Retention::new(ingestor.disk_guard().clone()),
             cfg,
             store,
             ingestor,
