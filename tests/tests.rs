@@ -9,6 +9,7 @@ mod daemon;
 mod dicom;
 mod matching;
 mod rejects;
+mod retention;
 mod transit;
 mod ui;
 mod uplink;
