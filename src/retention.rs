@@ -297,6 +297,8 @@ pub enum PinError {
         "scan {scan_id}'s images were already evicted at {at}; pinning cannot bring them back"
     )]
     Evicted { scan_id: String, at: String },
+    #[error("no node database at {} (give the node's data dir with --data-dir)", .0.display())]
+    NoDatabase(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -351,6 +353,39 @@ pub fn set_pin(
         )?;
     }
     Ok(changed > 0)
+}
+
+/// `riac-node pin|unpin SCAN_ID`: sets the admin pin in the node's database (the running
+/// node sees it on its next pass). Returns what to print.
+pub async fn pin_cli(
+    data_dir: &Path,
+    scan_id: &str,
+    pinned: bool,
+    note: Option<String>,
+) -> Result<String, PinError> {
+    let db = data_dir.join("riac-node.db");
+    if !db.is_file() {
+        return Err(PinError::NoDatabase(db));
+    }
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|_| StoreError::Closed)??;
+    let id = scan_id.to_string();
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "root".into())
+    );
+    let r = store
+        .write(move |t| Ok(set_pin(t, &id, pinned, &actor, note.as_deref())))
+        .await;
+    store.close().await;
+    let changed = r??;
+    Ok(match (pinned, changed) {
+        (true, true) => format!("scan {scan_id} pinned: retention keeps its images"),
+        (true, false) => format!("scan {scan_id} was already pinned"),
+        (false, true) => format!("scan {scan_id} unpinned: retention may evict its images unless another rule keeps them"),
+        (false, false) => format!("scan {scan_id} was not pinned"),
+    })
 }
 
 pub fn is_pinned_by_admin(c: &Connection, scan_id: &str) -> store::Result<bool> {
@@ -1079,6 +1114,28 @@ mod tests {
             set_pin(&t, "A", true, "admin", None),
             Err(PinError::Evicted { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn pin_cli_pins_and_names_missing_things() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            pin_cli(d.path(), "A", true, None).await,
+            Err(PinError::NoDatabase(_))
+        ));
+        let db = d.path().join("riac-node.db");
+        Store::open(&db).unwrap().close().await;
+        let c = Connection::open(&db).unwrap();
+        scan(&c, "A", OLD, "import", "import", "D1");
+        let msg = pin_cli(d.path(), "A", true, Some("case 7".into()))
+            .await
+            .unwrap();
+        assert!(msg.contains("pinned"), "{msg}");
+        assert!(is_pinned_by_admin(&c, "A").unwrap());
+        let e = pin_cli(d.path(), "B", true, None).await.unwrap_err();
+        assert!(e.to_string().contains("no scan B"), "{e}");
+        pin_cli(d.path(), "A", false, None).await.unwrap();
+        assert!(!is_pinned_by_admin(&c, "A").unwrap());
     }
 
     #[test]
