@@ -57,18 +57,23 @@ async fn evicts_oldest_unpinned_scan_and_explains_the_gap() {
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     }
-    let pin_id = ids[1].clone();
-    n.store
-        .write(move |t| {
-            riac_node::retention::set_pin(t, &pin_id, true, "tester", Some("court case")).map_err(
-                |e| match e {
-                    riac_node::retention::PinError::Store(s) => s,
-                    other => panic!("{other}"),
-                },
-            )
-        })
+    // The admin pins scan 2 through the API (an operator may not).
+    let r = node
+        .client
+        .post(format!("{}/api/v1/scans/{}/pin", node.base, ids[1]))
+        .json(&serde_json::json!({"pinned": true, "note": "court case"}))
+        .send()
         .await
         .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let r = node
+        .anon
+        .post(format!("{}/api/v1/scans/{}/pin", node.base, ids[1]))
+        .json(&serde_json::json!({"pinned": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     n.store
         .write(|t| Ok(t.execute("DELETE FROM outbox", [])?))
         .await

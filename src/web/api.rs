@@ -376,3 +376,46 @@ pub async fn post_scan(
             .into_response()),
     }
 }
+
+#[derive(Debug, Deserialize)]
+pub struct PinInput {
+    pub pinned: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /api/v1/scans/{id}/pin` (admin): `{pinned, note?}` sets or releases the admin pin
+/// that keeps the scan's images from retention; audited.
+pub async fn pin(
+    State(st): State<AppState>,
+    axum::Extension(me): axum::Extension<super::auth::CurrentUser>,
+    Path(id): Path<String>,
+    Json(p): Json<PinInput>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    check_id(&id)?;
+    let (id2, actor) = (id.clone(), me.username.clone());
+    let r = st
+        .store
+        .write(move |t| {
+            Ok(crate::retention::set_pin(
+                t,
+                &id2,
+                p.pinned,
+                &actor,
+                p.note.as_deref(),
+            ))
+        })
+        .await?;
+    match r {
+        Ok(changed) => Ok(Json(
+            json!({"scan_id": id, "pinned": p.pinned, "changed": changed}),
+        )),
+        Err(e @ crate::retention::PinError::NoSuchScan(_)) => {
+            Err(AppError::NotFound(e.to_string()))
+        }
+        Err(e @ crate::retention::PinError::Evicted { .. }) => {
+            Err(AppError::Conflict(e.to_string()))
+        }
+        Err(e) => Err(AppError::Internal(e.to_string())),
+    }
+}

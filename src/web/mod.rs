@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
             get(images::transit_entry),
         )
         .route("/api/v1/scans/{id}/decisions", post(decide::api))
+        .route("/api/v1/scans/{id}/pin", post(api::pin))
         .route("/api/v1/rejects", get(api::list_rejects))
         .route("/api/v1/status", get(status::api))
         // uplink (MQTT) status for the UI's status page
