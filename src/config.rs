@@ -838,6 +838,21 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_and_errors() {
+        let c = parse("").unwrap();
+        assert_eq!(c.retention.max_age, None);
+        assert_eq!(c.retention.max_bytes, None);
+        assert_eq!(c.retention.min_free_bytes, 1 << 30);
+        let c = parse("[retention]\nmax_age_days = 30\nmax_gb = 2\ninterval_secs = 60").unwrap();
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.retention.max_bytes, Some(2 << 30));
+        assert_eq!(c.retention.interval, Duration::from_secs(60));
+        let e = parse("[retention]\nmax_gb = -1").unwrap_err().to_string();
+        assert!(e.contains("retention.max_gb") && e.contains("-1"), "{e}");
+        assert!(parse("[retention]\nkeep = 1").is_err());
+    }
+
+    #[test]
     fn tls_is_on_by_default_except_on_loopback() {
         assert_eq!(parse("").unwrap().web.tls, None);
         let c = parse("[web]\nlisten = \"0.0.0.0:8443\"\n").unwrap();
