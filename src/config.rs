@@ -63,6 +63,8 @@ pub struct RawConfig {
     pub matching: RawMatching,
     #[serde(default)]
     pub transit: RawTransit,
+    #[serde(default)]
+    pub retention: RawRetention,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +195,56 @@ pub struct Config {
     pub uplink: crate::uplink::config::UplinkConfig,
     pub matching: MatchingConfig,
     pub transit: TransitConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]` as written: see firmware-config/riac-node.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub interval_secs: Option<u64>,
+    pub max_age_days: Option<f64>,
+    pub max_gb: Option<f64>,
+    pub min_free_gb: Option<f64>,
+}
+
+/// `[retention]`: when scan images are evicted (oldest first) and when intake stops.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// How often the retention pass runs.
+    pub interval: Duration,
+    /// Scans older than this (by reception) lose their images; `None`: no age limit.
+    pub max_age: Option<Duration>,
+    /// The most bytes scan images may take under `<data_dir>/scans`; `None`: no quota.
+    pub max_bytes: Option<u64>,
+    /// Free space on the data dir's filesystem kept at least this large: eviction first,
+    /// then intake stops (HTTP 507, drops wait in the hot folder).
+    pub min_free_bytes: u64,
+}
+
+fn retention_config(r: RawRetention) -> Result<RetentionConfig, ConfigError> {
+    const GB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let days = ranged_f64("retention.max_age_days", r.max_age_days, 0.0, 0.0, 36_500.0)?;
+    let max_gb = ranged_f64("retention.max_gb", r.max_gb, 0.0, 0.0, 1_000_000.0)?;
+    let min_free_gb = ranged_f64(
+        "retention.min_free_gb",
+        r.min_free_gb,
+        1.0,
+        0.0,
+        1_000_000.0,
+    )?;
+    Ok(RetentionConfig {
+        interval: Duration::from_secs(ranged(
+            "retention.interval_secs",
+            r.interval_secs,
+            300,
+            1,
+            86_400,
+        )?),
+        max_age: (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0)),
+        max_bytes: (max_gb > 0.0).then_some((max_gb * GB) as u64),
+        min_free_bytes: (min_free_gb * GB) as u64,
+    })
 }
 
 /// `[transit]`: pairing timeouts and the transit check's decision thresholds (per site).
@@ -661,6 +713,7 @@ impl Config {
         )?;
         let matching = matching_config(raw.matching)?;
         let transit = transit_config(raw.transit)?;
+        let retention = retention_config(raw.retention)?;
 
         Ok(Config {
             uplink,
@@ -684,6 +737,7 @@ impl Config {
             web,
             matching,
             transit,
+            retention,
         })
     }
 
@@ -781,6 +835,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_width"), "{e}");
+    }
+
+    #[test]
+    fn retention_defaults_and_errors() {
+        let c = parse("").unwrap();
+        assert_eq!(c.retention.max_age, None);
+        assert_eq!(c.retention.max_bytes, None);
+        assert_eq!(c.retention.min_free_bytes, 1 << 30);
+        let c = parse("[retention]\nmax_age_days = 30\nmax_gb = 2\ninterval_secs = 60").unwrap();
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.retention.max_bytes, Some(2 << 30));
+        assert_eq!(c.retention.interval, Duration::from_secs(60));
+        let e = parse("[retention]\nmax_gb = -1").unwrap_err().to_string();
+        assert!(e.contains("retention.max_gb") && e.contains("-1"), "{e}");
+        assert!(parse("[retention]\nkeep = 1").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod matching;
 pub mod metrics;
 pub mod pipeline;
+pub mod retention;
 pub mod scan;
 pub mod sim;
 pub mod store;
@@ -76,6 +77,8 @@ pub struct Node {
     /// The transit check: each entry package the uplink stores reaches
     /// [`compare::transit::Transit::entry_available`] through a task started here.
     pub transit: compare::transit::Transit,
+    /// Retention figures and the disk-full gate.
+    pub retention: retention::Retention,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -246,6 +249,15 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         metrics.clone(),
     );
     state.uplink = uplink.clone();
+    let retention = retention::Retention::new(ingestor.disk_guard().clone());
+    state.retention = retention.clone();
+    tracker.spawn(retention::run(
+        cfg.clone(),
+        store.clone(),
+        metrics.clone(),
+        retention.clone(),
+        token.clone(),
+    ));
     web::spawn_server(listener, state, &tracker, &token).await?;
     tracing::info!(%addr, node_id = %cfg.node_id, site_id = %cfg.site_id, data_dir = %cfg.data_dir.display(), "riac-node started");
 
@@ -259,6 +271,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         uplink,
         node_key,
         transit,
+        retention,
         token,
         tracker,
     })

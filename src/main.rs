@@ -127,6 +127,10 @@ enum Command {
         #[command(subcommand)]
         what: UserWhat,
     },
+    /// Keep a scan's images from retention (an admin pin, audited).
+    Pin(PinArgs),
+    /// Release an admin pin: retention may evict the scan unless another rule keeps it.
+    Unpin(PinArgs),
     /// Check a config file and print the effective configuration.
     ValidateConfig { file: PathBuf },
     /// The node's Ed25519 signing key.
@@ -437,6 +441,17 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
+#[derive(clap::Args)]
+struct PinArgs {
+    /// The node's data directory (holds riac-node.db).
+    #[arg(long, env = "RIAC_DATA_DIR", default_value = riac_node::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Why (recorded in the audit line).
+    #[arg(long)]
+    note: Option<String>,
+    scan_id: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -517,6 +532,16 @@ async fn main() -> Result<()> {
                 UserWhat::List => UserCommand::List,
             };
             println!("{}", cli(&data_dir, cmd).await?);
+            Ok(())
+        }
+        Command::Pin(a) => {
+            let msg = riac_node::retention::pin_cli(&a.data_dir, &a.scan_id, true, a.note).await?;
+            println!("{msg}");
+            Ok(())
+        }
+        Command::Unpin(a) => {
+            let msg = riac_node::retention::pin_cli(&a.data_dir, &a.scan_id, false, a.note).await?;
+            println!("{msg}");
             Ok(())
         }
         Command::ValidateConfig { file } => validate_config(&file),

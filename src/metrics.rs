@@ -43,6 +43,68 @@ struct Inner {
     scans_stored: Gauge,
     stage_seconds: StageHistograms,
     uplink: crate::uplink::status::UplinkMetrics,
+    retention: RetentionMetrics,
+}
+
+/// `riac_retention_*` and `riac_disk_*`, set after each retention pass.
+struct RetentionMetrics {
+    bytes_used: Gauge,
+    evictable_bytes: Gauge,
+    pinned: Gauge,
+    evicted: Counter,
+    last_eviction: Gauge,
+    free_bytes: Gauge,
+    disk_full: Gauge,
+}
+
+impl RetentionMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = RetentionMetrics {
+            bytes_used: Gauge::default(),
+            evictable_bytes: Gauge::default(),
+            pinned: Gauge::default(),
+            evicted: Counter::default(),
+            last_eviction: Gauge::default(),
+            free_bytes: Gauge::default(),
+            disk_full: Gauge::default(),
+        };
+        r.register(
+            "retention_bytes_used",
+            "Bytes of scan images kept under the data dir",
+            m.bytes_used.clone(),
+        );
+        r.register(
+            "retention_evictable_bytes",
+            "Bytes of scan images retention may evict (not pinned)",
+            m.evictable_bytes.clone(),
+        );
+        r.register(
+            "retention_pinned_scans",
+            "Scans whose images are pinned (alert, review, outbox, transit, admin)",
+            m.pinned.clone(),
+        );
+        r.register(
+            "retention_evicted_scans",
+            "Scans whose images retention evicted",
+            m.evicted.clone(),
+        );
+        r.register(
+            "retention_last_eviction_timestamp_seconds",
+            "Unix time of the last eviction (0: none since start)",
+            m.last_eviction.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Free bytes on the data dir's file system",
+            m.free_bytes.clone(),
+        );
+        r.register(
+            "disk_full",
+            "1 while intake is paused because free space is below retention.min_free_gb",
+            m.disk_full.clone(),
+        );
+        m
+    }
 }
 
 fn stage_histogram() -> Histogram {
@@ -110,6 +172,7 @@ impl Metrics {
             started.clone(),
         );
         let uplink = crate::uplink::status::UplinkMetrics::register(&mut registry);
+        let retention = RetentionMetrics::register(&mut registry);
         started.set(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -128,6 +191,7 @@ impl Metrics {
                 scans_stored,
                 stage_seconds,
                 uplink,
+                retention,
             }),
         }
     }
@@ -165,6 +229,30 @@ impl Metrics {
     pub fn set_store_gauges(&self, outbox: i64, scans: i64) {
         self.inner.outbox_depth.set(outbox);
         self.inner.scans_stored.set(scans);
+    }
+
+    /// The figures of a retention pass that evicted `evicted` scans.
+    pub fn set_retention(&self, st: &crate::retention::RetentionStatus, evicted: u64) {
+        let m = &self.inner.retention;
+        let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        m.bytes_used.set(g(st.used_bytes));
+        m.evictable_bytes.set(g(st.evictable_bytes));
+        m.pinned.set(g(st.pinned_scans));
+        m.free_bytes.set(g(st.free_bytes));
+        m.disk_full.set(i64::from(st.disk_full));
+        if evicted > 0 {
+            m.evicted.inc_by(evicted);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            m.last_eviction.set(now);
+        }
+    }
+
+    /// Raises or clears the disk-full alert between passes (intake found it first).
+    pub fn set_disk_full(&self, full: bool) {
+        self.inner.retention.disk_full.set(i64::from(full));
     }
 
     pub fn set_outbox_depth(&self, n: i64) {

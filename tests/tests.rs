@@ -10,6 +10,7 @@ mod dicom;
 mod matching;
 mod package;
 mod rejects;
+mod retention;
 mod transit;
 mod ui;
 mod uplink;

@@ -394,6 +394,8 @@ impl TaskCtx {
             }
             Err(IngestError::InFlight(_)) => Some(Duration::from_secs(1)),
             Err(IngestError::ShuttingDown) => Some(RETRY_AFTER_NODE_ERROR),
+            // Disk full: the drop waits here; retried soon, as retention may free space.
+            Err(IngestError::DiskFull(_)) => Some(Duration::from_secs(5)),
             Err(_) => Some(RETRY_AFTER_NODE_ERROR),
         }
     }

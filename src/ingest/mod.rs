@@ -110,6 +110,9 @@ pub enum IngestError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Free space is below `retention.min_free_gb`: keep the drop and retry later (HTTP 507).
+    #[error(transparent)]
+    DiskFull(#[from] crate::retention::DiskFull),
     /// The node is stopping; the drop stays where it is.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -160,6 +163,8 @@ struct Inner {
     /// Bounds the decodes running at once (each holds a full image in memory).
     cpu: Arc<Semaphore>,
     in_flight: Mutex<HashSet<String>>,
+    /// Refuses new scans while free space is below the floor (see `retention`).
+    disk: crate::retention::DiskGuard,
 }
 
 /// Removes the scan id from the in-flight set however the ingest ends.
@@ -192,6 +197,7 @@ impl Ingestor {
                 pipeline,
                 cpu: Arc::new(Semaphore::new(cfg.ingest.workers)),
                 in_flight: Mutex::new(HashSet::new()),
+                disk: crate::retention::DiskGuard::new(&cfg.data_dir, cfg.retention.min_free_bytes),
             }),
         }
     }
@@ -202,6 +208,11 @@ impl Ingestor {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The free-space gate this ingestor checks before storing a scan.
+    pub fn disk_guard(&self) -> &crate::retention::DiskGuard {
+        &self.inner.disk
     }
 
     /// Parses and validates a sidecar against the node's clock.
@@ -264,6 +275,9 @@ impl Ingestor {
             }
             Err(e) if e.is_drop_fault() => {}
             Err(IngestError::InFlight(_)) | Err(IngestError::ShuttingDown) => {}
+            Err(e @ IngestError::DiskFull(_)) => {
+                tracing::warn!(scan_id, source = source.as_str(), error = %e, "scan not stored: disk full; the drop is kept for a retry")
+            }
             Err(e) => {
                 tracing::error!(scan_id, source = source.as_str(), error = %e, "cannot store scan; the drop is kept for a retry")
             }
@@ -322,6 +336,10 @@ impl Ingestor {
         let sha = content_hash(&meta.raw, &data);
         if let Some(outcome) = self.check_duplicate(&scan_id, &sha).await? {
             return Ok(outcome);
+        }
+        if let Err(full) = inner.disk.check() {
+            inner.metrics.set_disk_full(true);
+            return Err(full.into());
         }
 
         let permit = inner

@@ -188,6 +188,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX transit_awaiting_declaration ON transit_awaiting(declaration_number);
     "#,
+    // 7: retention. An evicted scan keeps its row and verdicts; its image files are gone and
+    // these columns say when and why. Admin pins keep a scan's images from eviction.
+    r#"
+    ALTER TABLE scans ADD COLUMN evicted_at TEXT;
+    ALTER TABLE scans ADD COLUMN evicted_reason TEXT;
+    CREATE INDEX scans_retention ON scans(received_at) WHERE evicted_at IS NULL;
+    CREATE TABLE scan_pins (
+        scan_id   TEXT PRIMARY KEY REFERENCES scans(scan_id),
+        pinned_by TEXT NOT NULL,
+        pinned_at TEXT NOT NULL,
+        note      TEXT
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -160,6 +160,24 @@ pub(super) async fn load_scan(
         .ok_or_else(|| AppError::NotFound(format!("scan {id} is not stored on this node")))
 }
 
+/// [`load_scan`] for the image endpoints: an evicted scan answers 410 Gone saying when and
+/// why its images were deleted.
+pub(super) async fn load_scan_with_images(
+    st: &AppState,
+    id: &str,
+) -> Result<store::scans::ScanRecord, AppError> {
+    let scan = load_scan(st, id).await?;
+    let id2 = id.to_string();
+    if let Some(e) = st
+        .store
+        .read(move |c| crate::retention::eviction_of(c, &id2))
+        .await?
+    {
+        return Err(AppError::Gone(crate::retention::gone_message(id, &e)));
+    }
+    Ok(scan)
+}
+
 pub async fn get_scan(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -244,7 +262,7 @@ pub async fn scan_image(
     Query(p): Query<ImageParams>,
 ) -> Result<Response, AppError> {
     let (window, max_width) = parse_image_params(&p)?;
-    let scan = load_scan(&st, &id).await?;
+    let scan = load_scan_with_images(&st, &id).await?;
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
     let png =
         super::images::render_cached(&st, format!("scan:{id}"), path, window, max_width).await?;
@@ -256,7 +274,7 @@ pub async fn scan_image16(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let scan = load_scan(&st, &id).await?;
+    let scan = load_scan_with_images(&st, &id).await?;
     let path = st.cfg.data_dir.join(&scan.image_dir).join(CANONICAL_IMAGE);
     let bytes = tokio::fs::read(&path)
         .await
@@ -356,5 +374,48 @@ pub async fn post_scan(
             Json(json!({"scan_id": scan_id, "status": "duplicate"})),
         )
             .into_response()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PinInput {
+    pub pinned: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /api/v1/scans/{id}/pin` (admin): `{pinned, note?}` sets or releases the admin pin
+/// that keeps the scan's images from retention; audited.
+pub async fn pin(
+    State(st): State<AppState>,
+    axum::Extension(me): axum::Extension<super::auth::CurrentUser>,
+    Path(id): Path<String>,
+    Json(p): Json<PinInput>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    check_id(&id)?;
+    let (id2, actor) = (id.clone(), me.username.clone());
+    let r = st
+        .store
+        .write(move |t| {
+            Ok(crate::retention::set_pin(
+                t,
+                &id2,
+                p.pinned,
+                &actor,
+                p.note.as_deref(),
+            ))
+        })
+        .await?;
+    match r {
+        Ok(changed) => Ok(Json(
+            json!({"scan_id": id, "pinned": p.pinned, "changed": changed}),
+        )),
+        Err(e @ crate::retention::PinError::NoSuchScan(_)) => {
+            Err(AppError::NotFound(e.to_string()))
+        }
+        Err(e @ crate::retention::PinError::Evicted { .. }) => {
+            Err(AppError::Conflict(e.to_string()))
+        }
+        Err(e) => Err(AppError::Internal(e.to_string())),
     }
 }

@@ -664,6 +664,7 @@ mod tests {
         assert_eq!(policy(&post, "/scans/X-1/decision"), Access::Decide);
         assert_eq!(policy(&post, "/scans/X-1/other/decision"), Access::Admin);
         assert_eq!(policy(&post, "/api/v1/scans/X-1/decisions"), Access::Decide);
+        assert_eq!(policy(&post, "/api/v1/scans/X-1/pin"), Access::Admin);
         assert_eq!(policy(&get, "/admin/users"), Access::Admin);
         assert_eq!(policy(&Method::DELETE, "/api/v1/users/x"), Access::Admin);
         assert!(!allowed(Access::View, Role::Scanner));

@@ -28,6 +28,8 @@ pub enum AppError {
     },
     /// Temporarily unable (busy, shutting down): the client should retry.
     Unavailable(String),
+    /// The resource existed and was deleted on purpose (an evicted scan's images).
+    Gone(String),
     /// The disk is full: nothing can be stored until space is freed.
     InsufficientStorage(String),
     /// Our fault. The cause is logged; the client sees only that it happened.
@@ -68,6 +70,7 @@ impl From<IngestError> for AppError {
             e @ IngestError::Conflict { .. } => AppError::Conflict(e.to_string()),
             e @ IngestError::InFlight(_) => AppError::Conflict(e.to_string()),
             IngestError::ShuttingDown => AppError::Unavailable("the node is shutting down".into()),
+            e @ IngestError::DiskFull(_) => AppError::InsufficientStorage(e.to_string()),
             IngestError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 AppError::InsufficientStorage(
                     "the node's disk is full; the scan was not stored, send it again later".into(),
@@ -96,6 +99,7 @@ impl IntoResponse for AppError {
                 message,
             ),
             AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, m),
+            AppError::Gone(m) => (StatusCode::GONE, "gone", None, m),
             AppError::InsufficientStorage(m) => {
                 (StatusCode::INSUFFICIENT_STORAGE, "disk_full", None, m)
             }

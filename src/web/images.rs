@@ -266,7 +266,7 @@ pub async fn samples(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let scan = load_scan(&st, &id).await?;
+    let scan = super::api::load_scan_with_images(&st, &id).await?;
     // A scan id's content never changes (a different drop under the same id is refused),
     // so its hash is a strong validator.
     let etag = format!(
@@ -355,7 +355,10 @@ pub async fn transit_entry(
         .read(move |c| Ok((store::scans::get(c, &e2)?, store::entries::get(c, &e2)?)))
         .await?;
     let path = match (local, package) {
-        (Some(s), _) => st.cfg.data_dir.join(s.image_dir).join(CANONICAL_IMAGE),
+        (Some(s), _) => {
+            super::api::load_scan_with_images(&st, &s.scan_id).await?;
+            st.cfg.data_dir.join(s.image_dir).join(CANONICAL_IMAGE)
+        }
         (None, Some(p)) => {
             // The path was written by this node's uplink, but the package came from another
             // node: never follow it out of the data dir.

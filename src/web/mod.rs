@@ -68,6 +68,8 @@ pub struct AppState {
     pub tls_fingerprint: Option<String>,
     /// The MQTT uplink's status (`GET /api/v1/uplink`); `unstarted` until the node sets it.
     pub uplink: crate::uplink::UplinkHandle,
+    /// Retention figures and the disk-full alert (status page, 410 for evicted images).
+    pub retention: crate::retention::Retention,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
         let uplink = crate::uplink::UplinkHandle::unstarted(&cfg.uplink);
         AppState {
             auth: Arc::new(auth::AuthState::new(&cfg.web)),
+            retention: crate::retention::Retention::new(ingestor.disk_guard().clone()),
             cfg,
             store,
             ingestor,
@@ -141,6 +144,7 @@ pub fn router(state: AppState) -> Router {
             get(images::transit_entry),
         )
         .route("/api/v1/scans/{id}/decisions", post(decide::api))
+        .route("/api/v1/scans/{id}/pin", post(api::pin))
         .route("/api/v1/rejects", get(api::list_rejects))
         .route("/api/v1/status", get(status::api))
         // uplink (MQTT) status for the UI's status page

@@ -98,7 +98,7 @@ async fn collect(st: &AppState) -> Result<Value, AppError> {
             "oldest_age_secs": oldest_age,
         },
         "disk": disk,
-        "retention": null,
+        "retention": st.retention.status(),
         "tls": {
             "on": st.tls_on(),
             "certificate_sha256": st.tls_fingerprint,
@@ -193,7 +193,23 @@ pub async fn page(
                             (gib(d.get("total_bytes").and_then(Value::as_u64).unwrap_or(0)))
                             " (" (format!("{pct:.0}")) "% used)"
                         } }
-                        tr { th { "Retention" } td.muted { "not configured in this build: scans are kept until removed" } }
+                        @let r = &s["retention"];
+                        @if r["disk_full"].as_bool() == Some(true) {
+                            tr { th { "Intake" } td.warn #disk-full { "PAUSED: free space is below retention.min_free_gb and nothing more may be evicted; drops wait in the hot folder" } }
+                        }
+                        tr { th { "Scan images kept" } td #retention-used {
+                            (gib(r["used_bytes"].as_u64().unwrap_or(0)))
+                            @if let Some(m) = r["max_bytes"].as_u64() { " of " (gib(m)) " (retention.max_gb)" }
+                            ", " (gib(r["evictable_bytes"].as_u64().unwrap_or(0))) " evictable, "
+                            (r["pinned_scans"].as_u64().unwrap_or(0)) " scan(s) pinned"
+                        } }
+                        tr { th { "Next eviction" } td #retention-next {
+                            @if let Some(c) = r["next_candidate"].as_object() {
+                                a.mono href=(format!("/scans/{}", c.get("scan_id").and_then(Value::as_str).unwrap_or(""))) { (c.get("scan_id").and_then(Value::as_str).unwrap_or("")) }
+                                @if let Some(t) = c.get("ages_out_at").and_then(Value::as_str) { " (ages out " (t) ")" } @else { " (when a limit is reached)" }
+                            } @else { span.muted { "nothing evictable" } }
+                        } }
+                        tr { th { "Last eviction" } td { @if let Some(t) = r["last_eviction_at"].as_str() { (when(t)) } @else { "none since start" } } }
                     }
                     div.meter title=(format!("{pct:.0}% used")) { span data-pct=(format!("{pct:.0}")) {} }
                 } @else {
