@@ -7,6 +7,7 @@ mod api;
 mod capture;
 mod daemon;
 mod dicom;
+mod fuzz_regressions;
 mod matching;
 mod package;
 mod rejects;

@@ -175,47 +175,62 @@ fn reply_json(ctx: &Context, command_id: Option<&str>, name: &str, o: &Outcome) 
 }
 
 /// Handles one command message; answers it in every case it can.
-pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Disposition {
-    ctx.handle.update_status(|s| s.commands.received += 1);
-    let max = ctx.cfg.uplink.command_max_bytes;
+/// The envelope of a command: size, JSON object, valid `command_id`. `Err` is the reply's
+/// error text (the reply then has no command id).
+fn envelope(
+    payload: &[u8],
+    max: usize,
+) -> Result<(serde_json::Map<String, serde_json::Value>, String), String> {
     if payload.len() > max {
-        let o = Outcome::err(format!(
+        return Err(format!(
             "the command is {} bytes; this node accepts at most {max} (uplink.command_max_kb)",
             payload.len()
         ));
-        return answer(ctx, None, name, o).await;
     }
-    let env: serde_json::Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(e) => return answer(ctx, None, name, Outcome::err(format!("not JSON: {e}"))).await,
-    };
-    let Some(obj) = env.as_object() else {
-        return answer(
-            ctx,
-            None,
-            name,
-            Outcome::err("the command must be a JSON object"),
-        )
-        .await;
+    let env: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let serde_json::Value::Object(obj) = env else {
+        return Err("the command must be a JSON object".into());
     };
     let command_id = match obj.get("command_id").and_then(|v| v.as_str()) {
         Some(id) if valid_command_id(id) => id.to_string(),
         _ => {
-            return answer(
-                ctx,
-                None,
-                name,
-                Outcome::err(
-                    "command_id is missing or not 1-128 characters of A-Z a-z 0-9 . _ : -",
-                ),
+            return Err(
+                "command_id is missing or not 1-128 characters of A-Z a-z 0-9 . _ : -".into(),
             )
-            .await
         }
+    };
+    Ok((obj, command_id))
+}
+
+/// What the node's parsing makes of `payload` sent as command `name`, without a node: the
+/// envelope, then the arguments of `thresholds` and `image-request`. For the fuzz target
+/// (`fuzz/fuzz_targets/command.rs`): it must return, never panic.
+pub fn parse_for_fuzzing(name: &str, payload: &[u8]) -> Result<(), String> {
+    let (obj, _id) = envelope(payload, 8 << 20)?;
+    let args = obj.get("args").cloned().unwrap_or(serde_json::Value::Null);
+    match name {
+        "thresholds" => parse_thresholds(args).map(|_| ()),
+        "image-request" => serde_path_to_error::deserialize::<_, ImageArgs>(args)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        "library-add" => serde_path_to_error::deserialize::<_, RawLibraryAdd>(args)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => Err(format!("unknown command {name:?}")),
+    }
+}
+
+pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Disposition {
+    ctx.handle.update_status(|s| s.commands.received += 1);
+    let (obj, command_id) = match envelope(payload, ctx.cfg.uplink.command_max_bytes) {
+        Ok(v) => v,
+        Err(why) => return answer(ctx, None, name, Outcome::err(why)).await,
     };
     let cid = Some(command_id.as_str());
 
     if let Some(key) = &ctx.cfg.uplink.centre_public_key {
-        if let Err(why) = check_signature(ctx, key, obj, name) {
+        if let Err(why) = check_signature(ctx, key, &obj, name) {
             tracing::warn!(command_id, command = name, reason = %why, "command refused: signature");
             return answer(ctx, cid, name, Outcome::err(why)).await;
         }
