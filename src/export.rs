@@ -241,22 +241,11 @@ pub fn build_blocking(
     let sel = selection.clone();
     let data = store.read_blocking(move |c| {
         let ids = selected_ids(c, &sel)?;
-        let mut out = Vec::new();
-        for id in ids {
-            match read_scan(c, &id) {
-                Ok(Some(d)) => out.push(d),
-                Ok(None) => {}
-                Err(ExportError::Store(e)) => return Err(e),
-                Err(e) => {
-                    return Err(StoreError::Json {
-                        what: "verdicts.body",
-                        source: serde_json::Error::io(std::io::Error::other(e.to_string())),
-                    })
-                }
-            }
-        }
-        Ok(out)
-    })?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| read_scan(c, id).transpose())
+            .collect::<Result<Vec<_>, ExportError>>())
+    })??;
     if data.is_empty() {
         let (what, value) = match selection {
             Selection::Scan(v) => ("scan id", v.clone()),
@@ -719,6 +708,40 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
         }
     }
     let mut links_checked = 0;
+    // The chain proof: each verdict's prev_hash as the node's database linked it at export.
+    for (name, bytes) in &entries {
+        if !name.ends_with("/chain_proof.json") {
+            continue;
+        }
+        let links = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("links").and_then(Value::as_array).cloned());
+        let Some(links) = links else {
+            problems.push(format!("{name}: not a chain proof (no `links` list)"));
+            continue;
+        };
+        for l in links {
+            let seq = l.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            let stored = l.get("prev_stored_hash").and_then(Value::as_str);
+            match by_seq.get(&seq) {
+                None => problems.push(format!(
+                    "{name}: link for verdict seq {seq}, which is not in the zip"
+                )),
+                Some((hash, prev, label)) => {
+                    links_checked += 1;
+                    if l.get("hash").and_then(Value::as_str) != Some(hash.as_str()) {
+                        problems.push(format!("{label}: its hash differs from {name}"));
+                    }
+                    if stored != Some(prev.as_str()) {
+                        problems.push(format!(
+                            "{label}: prev_hash does not match the hash of verdict seq {} recorded in {name}",
+                            seq.saturating_sub(1)
+                        ));
+                    }
+                }
+            }
+        }
+    }
     for (seq, (_, prev, label)) in &by_seq {
         if *seq == 1 {
             links_checked += 1;
