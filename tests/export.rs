@@ -263,6 +263,40 @@ async fn export_round_trip_tamper_and_selection() {
 
     // The export is audited.
     let c = open_db(&node.data);
+
+    // An evicted scan (as retention leaves it: row marked, files gone) is exported with
+    // the manifest saying so, and verifies.
+    let w = rusqlite::Connection::open(node.data.join("riac-node.db")).unwrap();
+    w.execute(
+        "UPDATE scans SET evicted_at = '2026-01-01T00:00:00.000Z', evicted_reason = 'age' WHERE scan_id = ?1",
+        [&rec1.scan_id],
+    )
+    .unwrap();
+    std::fs::remove_dir_all(node.data.join(&rec1.image_dir)).unwrap();
+    let out5 = dir.path().join("evicted.zip");
+    let o = bin(&[
+        "export",
+        "--scan",
+        &rec1.scan_id,
+        "--out",
+        out5.to_str().unwrap(),
+        "--data-dir",
+        &data,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("evicted by retention"), "{}", text(&o));
+    let m = manifest(&out5);
+    assert_eq!(m["scans"][0]["evicted"]["reason"], "age", "{m}");
+    assert!(
+        !m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().contains("/files/")),
+        "{m}"
+    );
+    let o = bin(&["verify-export", out5.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
     let n: i64 = c
         .query_row(
             "SELECT count(*) FROM audit WHERE action = 'evidence.exported' AND subject = ?1",
