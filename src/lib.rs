@@ -7,6 +7,7 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod doctor;
+pub mod export;
 pub mod imaging;
 pub mod ingest;
 pub mod matching;

@@ -131,6 +131,19 @@ enum Command {
     Pin(PinArgs),
     /// Release an admin pin: retention may evict the scan unless another rule keeps it.
     Unpin(PinArgs),
+    /// Export the evidence about scans (images, verdicts with signatures and chain proofs,
+    /// operator decisions, audit lines) into a zip with a manifest signed by the node key.
+    Export(ExportArgs),
+    /// Check an evidence export offline: manifest signature, every file's sha256 and size,
+    /// every verdict's signature and chain links. Exit 1 naming every failing file/verdict.
+    VerifyExport {
+        /// The export zip.
+        file: PathBuf,
+        /// The node's public key (64 hex characters, or a file holding it); without it the
+        /// key inside the zip is used, which proves integrity but not origin.
+        #[arg(long)]
+        pubkey: Option<String>,
+    },
     /// Check a config file and print the effective configuration.
     ValidateConfig { file: PathBuf },
     /// The node's Ed25519 signing key.
@@ -452,6 +465,25 @@ struct PinArgs {
     scan_id: String,
 }
 
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["scan", "container", "declaration"])))]
+struct ExportArgs {
+    /// One scan by id.
+    #[arg(long)]
+    scan: Option<String>,
+    /// Every scan of this container id.
+    #[arg(long)]
+    container: Option<String>,
+    /// Every scan of this declaration number.
+    #[arg(long)]
+    declaration: Option<String>,
+    /// The zip to write (written to a temp file beside it, then renamed).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    at: KeyArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -542,6 +574,50 @@ async fn main() -> Result<()> {
         Command::Unpin(a) => {
             let msg = riac_node::retention::pin_cli(&a.data_dir, &a.scan_id, false, a.note).await?;
             println!("{msg}");
+            Ok(())
+        }
+        Command::Export(a) => {
+            use riac_node::export::Selection;
+            let sel = match (a.scan, a.container, a.declaration) {
+                (Some(s), _, _) => Selection::Scan(s),
+                (_, Some(c), _) => Selection::Container(c),
+                (_, _, Some(d)) => Selection::Declaration(d),
+                _ => unreachable!("clap requires one selection"),
+            };
+            let key_file = key_path(&a.at)?;
+            let ov = Overrides {
+                data_dir: a.at.data_dir.clone(),
+                ..Default::default()
+            };
+            let data_dir = match &a.at.config {
+                Some(c) => Config::load(c, &ov)?,
+                None => Config::defaults(&ov)?,
+            }
+            .data_dir;
+            let s = riac_node::export::export_cli(&data_dir, &key_file, sel, &a.out).await?;
+            println!(
+                "wrote {}: {} scan(s) ({}), {} file(s), {} bytes before compression",
+                s.out.display(),
+                s.scans.len(),
+                s.scans.join(", "),
+                s.files,
+                s.bytes
+            );
+            for id in &s.evicted {
+                println!("note: scan {id} was evicted by retention: its image files are not in the export (the manifest says so)");
+            }
+            Ok(())
+        }
+        Command::VerifyExport { file, pubkey } => {
+            let key = pubkey
+                .as_deref()
+                .map(riac_node::uplink::keys::load_public_key_arg)
+                .transpose()?;
+            let report = riac_node::export::verify(&file, key)?;
+            print!("{}", report.render());
+            if !report.ok() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::ValidateConfig { file } => validate_config(&file),

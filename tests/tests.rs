@@ -7,6 +7,7 @@ mod api;
 mod capture;
 mod daemon;
 mod dicom;
+mod export;
 mod fuzz_regressions;
 mod matching;
 mod package;
