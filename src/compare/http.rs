@@ -7,59 +7,13 @@
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::transit::{ALIGNED_FILE, HEATMAP_FILE};
 use crate::imaging::{self, Window};
 use crate::scan::is_valid_scan_id;
 use crate::store::{self, scans::ScanRecord};
+use crate::web::api::{parse_image_params as window, ImageParams};
 use crate::web::{AppError, AppState};
-
-#[derive(Debug, Default, Deserialize)]
-pub struct ImageParams {
-    center: Option<String>,
-    width: Option<String>,
-    invert: Option<String>,
-    max_width: Option<String>,
-}
-
-fn parse_f32(
-    field: &str,
-    v: Option<&str>,
-    default: f32,
-    min: f32,
-    max: f32,
-) -> Result<f32, AppError> {
-    match v {
-        None | Some("") => Ok(default),
-        Some(s) => s
-            .parse::<f32>()
-            .ok()
-            .filter(|x| x.is_finite() && *x >= min && *x <= max)
-            .ok_or_else(|| {
-                AppError::bad(field, format!("{s:?} must be a number from {min} to {max}"))
-            }),
-    }
-}
-
-fn window(p: &ImageParams) -> Result<(Window, u32), AppError> {
-    let w = Window {
-        center: parse_f32("center", p.center.as_deref(), 32768.0, 0.0, 65535.0)?,
-        width: parse_f32("width", p.width.as_deref(), 65536.0, 1.0, 131072.0)?,
-        invert: match p.invert.as_deref() {
-            None | Some("") | Some("0") | Some("false") => false,
-            Some("1") | Some("true") => true,
-            Some(s) => {
-                return Err(AppError::bad(
-                    "invert",
-                    format!("{s:?} must be true or false"),
-                ))
-            }
-        },
-    };
-    let max_width = parse_f32("max_width", p.max_width.as_deref(), 0.0, 0.0, 100_000.0)? as u32;
-    Ok((w, max_width))
-}
 
 /// The stored transit exit scan `id`.
 async fn exit_scan(st: &AppState, id: &str) -> Result<ScanRecord, AppError> {

@@ -236,7 +236,7 @@ fn parse_f32(
 }
 
 /// Checks window and size parameters shared by the rendered-image endpoints.
-pub(super) fn parse_image_params(p: &ImageParams) -> Result<(Window, u32), AppError> {
+pub(crate) fn parse_image_params(p: &ImageParams) -> Result<(Window, u32), AppError> {
     let window = Window {
         center: parse_f32("center", p.center.as_deref(), 32768.0, 0.0, 65535.0)?,
         width: parse_f32("width", p.width.as_deref(), 65536.0, 1.0, 131072.0)?,

@@ -8,7 +8,7 @@
 
 pub mod accounts;
 mod admin;
-mod api;
+pub(crate) mod api;
 mod assets;
 pub mod auth;
 pub mod bench;
