@@ -29,7 +29,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(
+pub(crate) fn invalid(
     key: &'static str,
     value: impl std::fmt::Display,
     allowed: impl Into<String>,
@@ -329,7 +329,7 @@ fn site_identifier(
     }
 }
 
-fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
+pub(crate) fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
     key: &'static str,
     v: Option<T>,
     default: T,

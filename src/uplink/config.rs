@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{invalid, ranged, ConfigError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,32 +114,6 @@ pub enum UplinkFileError {
         path: PathBuf,
         reason: String,
     },
-}
-
-fn invalid(
-    key: &'static str,
-    value: impl std::fmt::Display,
-    allowed: impl Into<String>,
-) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        allowed: allowed.into(),
-    }
-}
-
-fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &'static str,
-    v: Option<T>,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    let x = v.unwrap_or(default);
-    if x < min || x > max {
-        return Err(invalid(key, x, format!("must be between {min} and {max}")));
-    }
-    Ok(x)
 }
 
 fn file_path(key: &'static str, p: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
