@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::ingest::CANONICAL_IMAGE;
 use crate::store::chain::{canonical_json, sha256_hex, GENESIS};
@@ -211,18 +212,138 @@ fn read_scan(c: &rusqlite::Connection, id: &str) -> Result<Option<ScanData>, Exp
     }))
 }
 
-/// The files in a zip under construction, with their manifest entries.
+/// Writes through to `inner` while hashing and counting what passed.
+struct Hashing<'a, W: Write> {
+    inner: &'a mut W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A zip under construction in a temp file beside its destination. Each file is streamed
+/// into it as it is added (hashed on the way), so an export of a declaration with hundreds
+/// of scans needs memory for one scan's rendering, not for the whole zip.
 struct Pack {
-    files: Vec<(String, Vec<u8>)>,
+    zw: zip::ZipWriter<tempfile::NamedTempFile>,
+    opts: zip::write::SimpleFileOptions,
+    files: Vec<FileEntry>,
+    out: PathBuf,
+    dir: PathBuf,
 }
 
 impl Pack {
-    fn add(&mut self, path: String, bytes: Vec<u8>) {
-        self.files.push((path, bytes));
+    fn new(out: &Path) -> Result<Pack, ExportError> {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-export-")
+            .tempfile_in(&dir)
+            .map_err(|e| write_err(out, e))?;
+        Ok(Pack {
+            zw: zip::ZipWriter::new(tmp),
+            opts: zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .unix_permissions(0o644)
+                .large_file(true),
+            files: Vec::new(),
+            out: out.to_path_buf(),
+            dir,
+        })
     }
-    fn add_json(&mut self, path: String, v: &impl Serialize) {
+
+    fn start(
+        &mut self,
+        path: &str,
+    ) -> Result<Hashing<'_, zip::ZipWriter<tempfile::NamedTempFile>>, ExportError> {
+        self.zw
+            .start_file(path, self.opts)
+            .map_err(|e| write_err(&self.out, e))?;
+        Ok(Hashing {
+            inner: &mut self.zw,
+            hash: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    fn add(&mut self, path: String, bytes: &[u8]) -> Result<(), ExportError> {
+        let out = self.out.clone();
+        let mut w = self.start(&path)?;
+        w.write_all(bytes).map_err(|e| write_err(&out, e))?;
+        let (sha256, size) = (hex::encode(w.hash.finalize()), w.size);
+        self.files.push(FileEntry { path, sha256, size });
+        Ok(())
+    }
+
+    fn add_json(&mut self, path: String, v: &impl Serialize) -> Result<(), ExportError> {
         let bytes = serde_json::to_vec_pretty(v).expect("export JSON serialises");
-        self.add(path, bytes);
+        self.add(path, &bytes)
+    }
+
+    /// Streams the stored file `src` into the zip as `path`.
+    fn add_file(&mut self, path: String, src: &Path) -> Result<(), ExportError> {
+        let rerr = |source| ExportError::ReadFile {
+            path: src.to_path_buf(),
+            source,
+        };
+        let mut f = std::fs::File::open(src).map_err(rerr)?;
+        let out = self.out.clone();
+        let mut w = self.start(&path)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(rerr(e)),
+            };
+            w.write_all(&buf[..n]).map_err(|e| write_err(&out, e))?;
+        }
+        let (sha256, size) = (hex::encode(w.hash.finalize()), w.size);
+        self.files.push(FileEntry { path, sha256, size });
+        Ok(())
+    }
+
+    /// Adds the signed manifest (not listed in itself), then makes the zip durable under
+    /// its final name.
+    fn finish(mut self, manifest: &[u8], sig: &str) -> Result<(), ExportError> {
+        let out = self.out.clone();
+        for (name, bytes) in [
+            (MANIFEST, manifest),
+            (MANIFEST_SIG, format!("{sig}\n").as_bytes()),
+        ] {
+            self.zw
+                .start_file(name, self.opts)
+                .map_err(|e| write_err(&out, e))?;
+            self.zw.write_all(bytes).map_err(|e| write_err(&out, e))?;
+        }
+        let tmp = self.zw.finish().map_err(|e| write_err(&out, e))?;
+        tmp.as_file().sync_all().map_err(|e| write_err(&out, e))?;
+        tmp.persist(&out).map_err(|e| write_err(&out, e))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn write_err(out: &Path, e: impl std::fmt::Display) -> ExportError {
+    ExportError::Write {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
     }
 }
 
@@ -255,7 +376,7 @@ pub fn build_blocking(
         return Err(ExportError::NothingSelected { what, value });
     }
 
-    let mut pack = Pack { files: Vec::new() };
+    let mut pack = Pack::new(out)?;
     let mut scan_entries = Vec::new();
     let mut evicted_ids = Vec::new();
     let mut site_id = String::new();
@@ -285,40 +406,42 @@ pub fn build_blocking(
             names.sort();
             for name in names {
                 let p = dir.join(&name);
-                let bytes = std::fs::read(&p)
-                    .map_err(|source| ExportError::ReadFile { path: p, source })?;
                 if name == CANONICAL_IMAGE {
-                    let img =
-                        crate::imaging::decode_png16(&bytes).map_err(|e| ExportError::Render {
-                            scan_id: id.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    let bytes = std::fs::read(&p).map_err(|source| ExportError::ReadFile {
+                        path: p.clone(),
+                        source,
+                    })?;
+                    let render = |e: &dyn std::fmt::Display| ExportError::Render {
+                        scan_id: id.clone(),
+                        reason: e.to_string(),
+                    };
+                    let img = crate::imaging::decode_png16(&bytes).map_err(|e| render(&e))?;
                     let png8 = crate::imaging::encode_png8(&crate::imaging::window_level(
                         &img,
                         crate::imaging::Window::default(),
                     ))
-                    .map_err(|e| ExportError::Render {
-                        scan_id: id.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    pack.add(format!("{base}/rendered.png"), png8);
+                    .map_err(|e| render(&e))?;
+                    drop(img);
+                    pack.add(format!("{base}/rendered.png"), &png8)?;
+                    pack.add(format!("{base}/files/{name}"), &bytes)?;
+                } else {
+                    pack.add_file(format!("{base}/files/{name}"), &p)?;
                 }
-                pack.add(format!("{base}/files/{name}"), bytes);
             }
         }
         pack.add_json(
             format!("{base}/scan.json"),
             &json!({"scan": d.rec, "evicted": evicted}),
-        );
+        )?;
         let verdicts: Vec<&Value> = d.verdicts.iter().map(|(_, _, v)| v).collect();
-        pack.add_json(format!("{base}/verdicts.json"), &verdicts);
+        pack.add_json(format!("{base}/verdicts.json"), &verdicts)?;
         let decisions: Vec<&Value> = verdicts
             .iter()
             .copied()
             .filter(|v| v.get("decided_by").and_then(Value::as_str) != Some("auto"))
             .collect();
-        pack.add_json(format!("{base}/decisions.json"), &decisions);
-        pack.add_json(format!("{base}/audit.json"), &d.audit);
+        pack.add_json(format!("{base}/decisions.json"), &decisions)?;
+        pack.add_json(format!("{base}/audit.json"), &d.audit)?;
         let proof: Vec<Value> = d
             .verdicts
             .iter()
@@ -339,7 +462,7 @@ pub fn build_blocking(
                 "explanation": "hash = sha256 of the verdict's canonical JSON without `signature` (keys sorted, compact); prev_hash must equal the hash of verdict seq-1 in the node's chain (prev_stored_hash, read from the node's database at export)",
                 "links": proof,
             }),
-        );
+        )?;
         if node.is_none() {
             node = d
                 .verdicts
@@ -355,18 +478,12 @@ pub fn build_blocking(
     }
     pack.add(
         PUBLIC_KEY_FILE.into(),
-        format!("{}\n", key.public_hex()).into_bytes(),
-    );
+        format!("{}\n", key.public_hex()).as_bytes(),
+    )?;
 
-    let files: Vec<FileEntry> = pack
-        .files
-        .iter()
-        .map(|(p, b)| FileEntry {
-            path: p.clone(),
-            sha256: sha256_hex(b),
-            size: b.len() as u64,
-        })
-        .collect();
+    let files = std::mem::take(&mut pack.files);
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    let nfiles = files.len();
     let manifest = Manifest {
         format: FORMAT.into(),
         node_id: node.unwrap_or_default(),
@@ -380,11 +497,7 @@ pub fn build_blocking(
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let sig = key.sign_hex(&manifest_bytes);
-    let bytes: u64 = pack.files.iter().map(|(_, b)| b.len() as u64).sum();
-    let nfiles = pack.files.len();
-    pack.add(MANIFEST.into(), manifest_bytes);
-    pack.add(MANIFEST_SIG.into(), format!("{sig}\n").into_bytes());
-    write_zip_atomic(out, &pack.files)?;
+    pack.finish(&manifest_bytes, &sig)?;
     Ok(ExportSummary {
         out: out.to_path_buf(),
         scans: data.iter().map(|d| d.rec.scan_id.clone()).collect(),
@@ -392,34 +505,6 @@ pub fn build_blocking(
         files: nfiles,
         bytes,
     })
-}
-
-fn write_zip_atomic(out: &Path, files: &[(String, Vec<u8>)]) -> Result<(), ExportError> {
-    let werr = |reason: String| ExportError::Write {
-        path: out.to_path_buf(),
-        reason,
-    };
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| werr(e.to_string()))?;
-    let mut zw = zip::ZipWriter::new(tmp);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .unix_permissions(0o644);
-    for (name, bytes) in files {
-        zw.start_file(name.as_str(), opts)
-            .map_err(|e| werr(e.to_string()))?;
-        zw.write_all(bytes).map_err(|e| werr(e.to_string()))?;
-    }
-    let tmp = zw.finish().map_err(|e| werr(e.to_string()))?;
-    tmp.as_file().sync_all().map_err(|e| werr(e.to_string()))?;
-    tmp.persist(out).map_err(|e| werr(e.to_string()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Exports the selection off the runtime, then writes the `evidence.exported` audit line
@@ -433,21 +518,80 @@ pub async fn export(
     actor: String,
     out: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    let (s, dd, k, o, a, sel) = (
+    let (s, dd, o, a, sel) = (
         store.clone(),
         data_dir.to_path_buf(),
-        key,
         out.to_path_buf(),
         actor.clone(),
         selection.clone(),
     );
     let summary = tokio::task::spawn_blocking(move || {
-        build_blocking(&s, &dd, &k, node_id.as_deref(), &sel, &a, &o)
+        build_blocking(&s, &dd, &key, node_id.as_deref(), &sel, &a, &o)
     })
     .await
     .map_err(|e| ExportError::Task(e.to_string()))??;
+    audit_export(store, &summary, actor, selection, out.display().to_string()).await?;
+    Ok(summary)
+}
+
+/// Where the web UI builds exports before handing them to the browser; emptied at start
+/// ([`sweep_staging`]), since only a crash leaves anything there.
+pub const STAGING_DIR: &str = "exports";
+
+/// Builds an export for a download: the zip is made in `<data_dir>/exports/`, opened and
+/// unlinked at once (nothing is left behind, even if the caller goes away), and the audit
+/// line records `destination` (for example "download by HTTP"). The returned file is
+/// positioned at its start.
+pub async fn export_for_download(
+    store: &Store,
+    data_dir: &Path,
+    key: std::sync::Arc<NodeKey>,
+    node_id: Option<String>,
+    selection: Selection,
+    actor: String,
+    destination: String,
+) -> Result<(ExportSummary, std::fs::File), ExportError> {
+    let dir = data_dir.join(STAGING_DIR);
+    let out = dir.join(format!("{}.zip", uuid::Uuid::new_v4().simple()));
+    let (s, dd, a, sel) = (
+        store.clone(),
+        data_dir.to_path_buf(),
+        actor.clone(),
+        selection.clone(),
+    );
+    let (summary, file) = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| write_err(&out, e))?;
+        let summary = build_blocking(&s, &dd, &key, node_id.as_deref(), &sel, &a, &out)?;
+        let f = std::fs::File::open(&out).map_err(|e| write_err(&out, e));
+        let _ = std::fs::remove_file(&out);
+        Ok::<_, ExportError>((summary, f?))
+    })
+    .await
+    .map_err(|e| ExportError::Task(e.to_string()))??;
+    audit_export(store, &summary, actor, selection, destination).await?;
+    Ok((summary, file))
+}
+
+/// Removes what an interrupted download export left in `<data_dir>/exports/`.
+pub fn sweep_staging(data_dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(data_dir.join(STAGING_DIR)) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+async fn audit_export(
+    store: &Store,
+    summary: &ExportSummary,
+    actor: String,
+    selection: Selection,
+    destination: String,
+) -> Result<(), ExportError> {
     let ids = summary.scans.clone();
-    let detail = json!({"selection": selection, "file": out.display().to_string()});
+    let detail = json!({"selection": selection, "file": destination, "files": summary.files, "bytes": summary.bytes});
     store
         .write(move |t| {
             for id in &ids {
@@ -456,7 +600,7 @@ pub async fn export(
             Ok(())
         })
         .await?;
-    Ok(summary)
+    Ok(())
 }
 
 /// `riac-node export`: opens the data dir's database, exports, closes.
@@ -541,7 +685,10 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
     };
     let mut za = zip::ZipArchive::new(f).map_err(|e| nz(&e))?;
     let mut problems = Vec::new();
+    // Every entry is hashed as it is read; only the small JSON/text members the checks
+    // parse are kept, so a large export is verified in bounded memory.
     let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut digests: BTreeMap<String, (String, u64)> = BTreeMap::new();
     for i in 0..za.len() {
         let mut zf = match za.by_index(i) {
             Ok(z) => z,
@@ -551,14 +698,39 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
             }
         };
         let name = zf.name().to_string();
-        let mut buf = Vec::new();
-        if let Err(e) = zf.read_to_end(&mut buf) {
+        let keep = name == MANIFEST
+            || name == MANIFEST_SIG
+            || name == PUBLIC_KEY_FILE
+            || name.ends_with("/verdicts.json")
+            || name.ends_with("/chain_proof.json");
+        let mut kept = Vec::new();
+        let (mut hash, mut size) = (Sha256::new(), 0u64);
+        let mut buf = vec![0u8; 256 * 1024];
+        let read = loop {
+            match zf.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    hash.update(&buf[..n]);
+                    size += n as u64;
+                    if keep {
+                        kept.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = read {
             // A flipped byte in a compressed entry fails its CRC here.
             problems.push(format!("{name}: unreadable in the zip ({e})"));
+            digests.insert(name.clone(), (String::new(), 0));
             entries.insert(name, Vec::new());
             continue;
         }
-        entries.insert(name, buf);
+        digests.insert(name.clone(), (hex::encode(hash.finalize()), size));
+        if keep {
+            entries.insert(name, kept);
+        }
     }
     let Some(mbytes) = entries.get(MANIFEST).cloned() else {
         problems.push(format!("{MANIFEST}: missing"));
@@ -621,19 +793,16 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
     let mut listed = BTreeSet::new();
     for fe in &manifest.files {
         listed.insert(fe.path.clone());
-        match entries.get(&fe.path) {
+        match digests.get(&fe.path) {
             None => problems.push(format!("{}: missing from the zip", fe.path)),
-            Some(b) => {
-                if b.len() as u64 != fe.size {
+            Some((h, size)) => {
+                if *size != fe.size {
                     problems.push(format!(
-                        "{}: size {} but the manifest says {}",
-                        fe.path,
-                        b.len(),
-                        fe.size
+                        "{}: size {size} but the manifest says {}",
+                        fe.path, fe.size
                     ));
                 }
-                let h = sha256_hex(b);
-                if h != fe.sha256 {
+                if *h != fe.sha256 {
                     problems.push(format!(
                         "{}: sha256 {h} but the manifest says {}",
                         fe.path, fe.sha256
@@ -642,7 +811,7 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
             }
         }
     }
-    for name in entries.keys() {
+    for name in digests.keys() {
         if name != MANIFEST && name != MANIFEST_SIG && !listed.contains(name) {
             problems.push(format!("{name}: in the zip but not in the manifest"));
         }

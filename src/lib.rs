@@ -97,6 +97,13 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
             "removed temp directories left by an interrupted ingest"
         );
     }
+    let swept = export::sweep_staging(&cfg.data_dir);
+    if swept > 0 {
+        tracing::info!(
+            count = swept,
+            "removed evidence exports left by an interrupted download"
+        );
+    }
     let db = cfg.db_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await
@@ -250,6 +257,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
         metrics.clone(),
     );
     state.uplink = uplink.clone();
+    state.node_key = Some(node_key.clone());
     let retention = retention::Retention::new(ingestor.disk_guard().clone());
     state.retention = retention.clone();
     tracker.spawn(retention::run(

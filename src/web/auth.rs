@@ -75,6 +75,7 @@ pub fn policy(method: &Method, path: &str) -> Access {
         "/logout" | "/account" => return Access::Account,
         "/audit" => return Access::Supervise,
         "/api/v1/scans" if *method == Method::POST => return Access::Upload,
+        "/exports" | "/api/v1/exports" if *method == Method::POST => return Access::Supervise,
         _ => {}
     }
     if path.starts_with("/static/") {

@@ -15,6 +15,7 @@ pub mod bench;
 mod decide;
 mod error;
 mod events;
+mod export;
 pub mod images;
 mod pages;
 mod scan_page;
@@ -70,6 +71,11 @@ pub struct AppState {
     pub uplink: crate::uplink::UplinkHandle,
     /// Retention figures and the disk-full alert (status page, 410 for evicted images).
     pub retention: crate::retention::Retention,
+    /// Signs evidence exports (`POST /exports`); `None` where the server runs without one
+    /// (some tests), and the export routes then answer 503.
+    pub node_key: Option<Arc<crate::uplink::keys::NodeKey>>,
+    /// One evidence export at a time.
+    pub export_permit: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -91,6 +97,8 @@ impl AppState {
             images: Arc::new(images::ImageWork::new()),
             tls_fingerprint: None,
             uplink,
+            node_key: None,
+            export_permit: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -106,7 +114,12 @@ pub fn router(state: AppState) -> Router {
         .min(usize::MAX as u64) as usize;
     let timeout = state.cfg.request_timeout;
     let authn = axum::middleware::from_fn_with_state(state.clone(), auth::layer);
-    let sse = Router::new().route("/api/v1/events", get(events::sse));
+    // Outside the request timeout: the event stream lives as long as the page, and an
+    // export of a whole declaration may take longer than a page request should.
+    let long = Router::new()
+        .route("/api/v1/events", get(events::sse))
+        .route("/exports", post(export::form))
+        .route("/api/v1/exports", post(export::api));
     Router::new()
         .route("/", get(pages::index))
         .route("/queue/rows", get(pages::queue_rows))
@@ -173,8 +186,7 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        // The event stream lives as long as the page: outside the request timeout.
-        .merge(sse)
+        .merge(long)
         .layer(authn)
         .layer(axum::middleware::map_response(security_headers))
         .layer(TraceLayer::new_for_http())

@@ -229,6 +229,39 @@ fn metadata(scan: &ScanRecord) -> Markup {
     }
 }
 
+/// Evidence export buttons (supervisors and admins): the signed zip for this scan, for
+/// its declaration, or for each of its containers, downloaded by the browser.
+fn evidence_panel(me: &CurrentUser, scan: &ScanRecord) -> Markup {
+    if me.role < Role::Supervisor {
+        return html! {};
+    }
+    let mut choices = vec![("scan", scan.scan_id.clone(), "This scan".to_string())];
+    if !scan.declaration_number.is_empty() {
+        choices.push((
+            "declaration",
+            scan.declaration_number.clone(),
+            format!("Declaration {}", scan.declaration_number),
+        ));
+    }
+    for c in &scan.container_ids {
+        choices.push(("container", c.clone(), format!("Container {c}")));
+    }
+    html! {
+        div.panel #evidence {
+            h2 { "Evidence export" }
+            p.muted { "A signed zip with the images, sidecars, every verdict with its signature and chain proof, the decisions and the audit lines. Check it offline with " code { "riac-node verify-export" } ". Each export is audited under your name." }
+            @for (by, value, label) in &choices {
+                form.inline method="post" action="/exports" {
+                    input type="hidden" name=(CSRF_FIELD) value=(me.csrf());
+                    input type="hidden" name="by" value=(by);
+                    input type="hidden" name="value" value=(value);
+                    button.button type="submit" { "Export: " (label) }
+                }
+            }
+        }
+    }
+}
+
 /// HS codes share a heading when their first four digits agree.
 fn heading(hs: &str) -> String {
     hs.chars().filter(char::is_ascii_digit).take(4).collect()
@@ -437,6 +470,7 @@ pub async fn scan(
                 }
                 (transit_summary(&l.scan, v))
                 (metadata(&l.scan))
+                (evidence_panel(&me, &l.scan))
             }
         }
     };

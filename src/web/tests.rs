@@ -73,8 +73,14 @@ async fn ingest(st: &AppState, d: &crate::sim::SimDrop) {
         None,
     );
     let topic = me.verdict_topic();
+    let key = st.node_key.clone();
     st.store
-        .write(move |t| store::verdicts::insert_with_outbox(t, v, &topic, None))
+        .write(move |t| {
+            let signer = key
+                .as_deref()
+                .map(|k| k as &dyn store::verdicts::VerdictSigner);
+            store::verdicts::insert_with_outbox(t, v, &topic, signer)
+        })
         .await
         .unwrap();
 }
@@ -95,7 +101,10 @@ async fn fixture() -> Fx {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let ingestor = Ingestor::new(&cfg, store.clone(), metrics.clone(), tx);
-    let st = AppState::new(Arc::new(cfg), store.clone(), ingestor, metrics);
+    let mut st = AppState::new(Arc::new(cfg), store.clone(), ingestor, metrics);
+    st.node_key = Some(Arc::new(
+        crate::uplink::keys::NodeKey::generate(&dir.path().join("node.key")).unwrap(),
+    ));
 
     let mut sim = Simulator::new(SimOptions {
         seed: 5,
@@ -260,6 +269,18 @@ fn routes(fx: &Fx) -> Vec<(Method, String, &'static str, String)> {
         (Method::GET, "/api/v1/rejects".into(), "", String::new()),
         (Method::GET, "/api/v1/status".into(), "", String::new()),
         (Method::GET, "/api/v1/events".into(), "", String::new()),
+        (
+            Method::POST,
+            "/exports".into(),
+            "application/x-www-form-urlencoded",
+            format!("by=scan&value={s}"),
+        ),
+        (
+            Method::POST,
+            "/api/v1/exports".into(),
+            "application/json",
+            format!(r#"{{"by":"scan","value":"{s}"}}"#),
+        ),
     ]
 }
 
@@ -1190,4 +1211,132 @@ async fn public_routes_stay_open() {
         .to_str()
         .unwrap()
         .contains("immutable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_export_is_a_verifiable_download_for_supervisors_and_audited() {
+    let fx = fixture().await;
+    let post = |role: Role, body: String| {
+        req(Method::POST, "/api/v1/exports")
+            .header(header::AUTHORIZATION, fx.bearer(role))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let r = fx
+        .app()
+        .oneshot(post(
+            Role::Supervisor,
+            format!(r#"{{"by":"scan","value":"{}"}}"#, fx.single),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "application/zip");
+    let cd = r.headers()[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cd.starts_with(&format!(
+            "attachment; filename=\"evidence-scan-{}-",
+            fx.single
+        )),
+        "{cd}"
+    );
+    let zip = axum::body::to_bytes(r.into_body(), 256 << 20)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("e.zip");
+    std::fs::write(&file, &zip).unwrap();
+    let key = fx.st.node_key.as_ref().unwrap().verifying_key();
+    let rep = crate::export::verify(&file, Some(key)).unwrap();
+    assert!(rep.ok(), "{}", rep.render());
+    assert!(
+        rep.verdicts_checked >= 1 && rep.files_checked >= 5,
+        "{}",
+        rep.render()
+    );
+    // Nothing is left in the data dir; the export is audited under the caller's name.
+    let staging = fx.st.cfg.data_dir.join(crate::export::STAGING_DIR);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    let id = fx.single.clone();
+    let audit = fx
+        .st
+        .store
+        .read(move |c| store::audit::for_subject(c, &id))
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "evidence.exported" && a.actor == "sam"),
+        "{audit:?}"
+    );
+
+    // The declaration of the transit pair selects both its scans.
+    let decl = fx
+        .st
+        .store
+        .read({
+            let e = fx.exit.clone();
+            move |c| store::scans::get(c, &e)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .declaration_number;
+    let r = send(
+        fx.app(),
+        post(
+            Role::Admin,
+            format!(r#"{{"by":"declaration","value":"{decl}"}}"#),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Operators may not; unknown and malformed selections are named.
+    let r = send(
+        fx.app(),
+        post(
+            Role::Operator,
+            format!(r#"{{"by":"scan","value":"{}"}}"#, fx.single),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = send(
+        fx.app(),
+        post(Role::Supervisor, r#"{"by":"scan","value":"NOPE-1"}"#.into()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(r.body.contains("NOPE-1"), "{}", r.body);
+    let r = send(
+        fx.app(),
+        post(Role::Supervisor, r#"{"by":"truck","value":"X"}"#.into()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.json()["error"]["field"], "by");
+    let r = send(
+        fx.app(),
+        post(Role::Supervisor, r#"{"by":"scan","value":"../etc"}"#.into()),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["field"], "value", "{}", r.body);
+
+    // The scan page offers the buttons to supervisors only.
+    let page = |role: Role| {
+        req(Method::GET, &format!("/scans/{}", fx.single))
+            .header(header::AUTHORIZATION, fx.bearer(role))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let s = send(fx.app(), page(Role::Supervisor)).await;
+    assert!(s.body.contains("Evidence export") && s.body.contains(r#"action="/exports""#));
+    let s = send(fx.app(), page(Role::Operator)).await;
+    assert!(!s.body.contains(r#"action="/exports""#));
 }
