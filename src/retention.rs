@@ -15,9 +15,12 @@
 //!   its declaration here, an exit awaiting its entry, a transit entry whose package is not
 //!   sent yet, and a scan an admin pinned (`riac-node pin`, the admin page).
 //!
-//! Disk full: [`DiskGuard::check`] runs before each ingest. Below the floor it refuses the
-//! drop (HTTP 507, the hot folder keeps it for a retry) and wakes the retention pass; the
-//! pass evicts what it may and clears the alert once free space is back above the floor.
+//! Disk full: [`DiskGuard::admit`] runs before each ingest. Below the floor, if the last
+//! pass saw evictable scans, it wakes a pass and waits for it (up to [`ADMIT_WAIT`]), so a
+//! node whose floor can be met by eviction keeps taking scans without an alert. Only when
+//! space is still short after that (or nothing was evictable) does it refuse the drop (HTTP
+//! 507, the hot folder keeps it for a retry) and raise the alert; a pass clears the alert
+//! once free space is back above the floor.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -445,27 +448,60 @@ struct GuardInner {
     floor: u64,
     full: AtomicBool,
     free: AtomicU64,
+    /// Evictable bytes the last pass saw; 0 until a pass has run (then a refusal does not
+    /// wait on a pass that may never free anything).
+    evictable: AtomicU64,
     kick: Notify,
+    /// Counts finished passes; [`DiskGuard::admit`] waits for the next one.
+    passes: tokio::sync::watch::Sender<u64>,
+    measure: Measure,
 }
+
+type Measure = Box<dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync>;
+
+/// How long an ingest waits for a retention pass to free space before it refuses.
+pub const ADMIT_WAIT: Duration = Duration::from_secs(15);
 
 impl DiskGuard {
     pub fn new(data_dir: &Path, min_free_bytes: u64) -> Self {
+        Self::with_measure(data_dir, min_free_bytes, Box::new(free_bytes))
+    }
+
+    fn with_measure(data_dir: &Path, min_free_bytes: u64, measure: Measure) -> Self {
         DiskGuard {
             inner: Arc::new(GuardInner {
                 dir: data_dir.to_path_buf(),
                 floor: min_free_bytes,
                 full: AtomicBool::new(false),
                 free: AtomicU64::new(u64::MAX),
+                evictable: AtomicU64::new(0),
                 kick: Notify::new(),
+                passes: tokio::sync::watch::channel(0).0,
+                measure,
             }),
         }
+    }
+
+    /// The gate before each ingest. Enough space: admitted. Below the floor with scans the
+    /// last pass could evict: wakes a pass, waits for it (at most [`ADMIT_WAIT`]) and checks
+    /// again. Still short, or nothing evictable: [`DiskGuard::check`] refuses and alerts.
+    pub async fn admit(&self) -> Result<(), DiskFull> {
+        let g = &self.inner;
+        let short = (g.measure)(&g.dir).is_ok_and(|free| free < g.floor);
+        if short && g.evictable.load(Ordering::Relaxed) > 0 {
+            let mut passes = g.passes.subscribe();
+            passes.borrow_and_update();
+            g.kick.notify_one();
+            let _ = tokio::time::timeout(ADMIT_WAIT, passes.changed()).await;
+        }
+        self.check()
     }
 
     /// Checks the free space now (one statvfs). Below the floor: raises the alert, wakes
     /// the retention pass and refuses.
     pub fn check(&self) -> Result<(), DiskFull> {
         let g = &self.inner;
-        let free = match free_bytes(&g.dir) {
+        let free = match (g.measure)(&g.dir) {
             Ok(f) => f,
             // An unreadable figure must not stop intake; the write itself will tell.
             Err(_) => return Ok(()),
@@ -492,6 +528,16 @@ impl DiskGuard {
     /// Whether intake is paused for lack of space.
     pub fn is_full(&self) -> bool {
         self.inner.full.load(Ordering::Relaxed)
+    }
+
+    /// Records the figures of a finished pass, clears the alert when space is back, and
+    /// releases the ingests waiting in [`DiskGuard::admit`]. Returns whether still full.
+    fn pass_finished(&self, free: u64, evictable: u64) -> bool {
+        let g = &self.inner;
+        g.evictable.store(evictable, Ordering::Relaxed);
+        let full = self.set(free);
+        g.passes.send_modify(|n| *n += 1);
+        full
     }
 
     fn set(&self, free: u64) -> bool {
@@ -759,7 +805,7 @@ pub async fn run_pass(
         } else {
             st.last_pass_at.clone()
         };
-        st.disk_full = handle.guard.set(free_after);
+        st.disk_full = handle.guard.pass_finished(free_after, st.evictable_bytes);
         metrics.set_retention(&st, report.evicted.len() as u64);
         *s = st;
     }
@@ -830,6 +876,68 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fake_guard(floor: u64) -> (DiskGuard, Arc<AtomicU64>) {
+        let free = Arc::new(AtomicU64::new(floor / 2));
+        let f = free.clone();
+        let g = DiskGuard::with_measure(
+            Path::new("/nonexistent"),
+            floor,
+            Box::new(move |_| Ok(f.load(Ordering::Relaxed))),
+        );
+        (g, free)
+    }
+
+    #[tokio::test]
+    async fn below_the_floor_intake_waits_for_eviction_and_refuses_only_when_nothing_frees() {
+        // Nothing evictable (or no pass yet): refused at once, with the alert.
+        let (g, _free) = fake_guard(100 << 20);
+        let t0 = tokio::time::Instant::now();
+        assert!(g.admit().await.is_err());
+        assert!(g.is_full());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+
+        // Evictable scans: the ingest waits for the pass it woke; the pass frees space, so
+        // the scan is admitted and no alert is raised.
+        let (g, free) = fake_guard(100 << 20);
+        g.pass_finished(50 << 20, 30 << 20);
+        assert!(g.is_full(), "a pass below the floor keeps the alert");
+        g.pass_finished(150 << 20, 30 << 20);
+        assert!(!g.is_full());
+        free.store(50 << 20, Ordering::Relaxed);
+        let pass = {
+            let (g, free) = (g.clone(), free.clone());
+            tokio::spawn(async move {
+                g.inner.kick.notified().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                free.store(150 << 20, Ordering::Relaxed);
+                g.pass_finished(150 << 20, 0);
+            })
+        };
+        let t0 = tokio::time::Instant::now();
+        assert!(g.admit().await.is_ok());
+        assert!(!g.is_full());
+        assert!(t0.elapsed() >= Duration::from_millis(300) && t0.elapsed() < ADMIT_WAIT);
+        pass.await.unwrap();
+
+        // The pass could not free enough: refused after that pass, not after the timeout.
+        free.store(50 << 20, Ordering::Relaxed);
+        g.pass_finished(50 << 20, 10 << 20);
+        let pass = {
+            let g = g.clone();
+            tokio::spawn(async move {
+                g.inner.kick.notified().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                g.pass_finished(60 << 20, 0);
+            })
+        };
+        let t0 = tokio::time::Instant::now();
+        let e = g.admit().await.unwrap_err();
+        assert!(t0.elapsed() < ADMIT_WAIT);
+        assert_eq!(e.floor_mb, 100);
+        assert!(g.is_full());
+        pass.await.unwrap();
+    }
 
     fn cand(id: &str, at: &str, bytes: u64, pins: Vec<PinReason>) -> Candidate {
         Candidate {

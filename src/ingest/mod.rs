@@ -337,7 +337,7 @@ impl Ingestor {
         if let Some(outcome) = self.check_duplicate(&scan_id, &sha).await? {
             return Ok(outcome);
         }
-        if let Err(full) = inner.disk.check() {
+        if let Err(full) = inner.disk.admit().await {
             inner.metrics.set_disk_full(true);
             return Err(full.into());
         }
