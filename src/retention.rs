@@ -636,6 +636,8 @@ pub enum RetentionError {
 pub struct PassReport {
     pub evicted: Vec<(String, EvictReason)>,
     pub leftovers_removed: usize,
+    /// Received entry packages whose image was removed (see [`prune_entry_packages`]).
+    pub entry_packages_evicted: Vec<String>,
 }
 
 fn ts_before(d: Duration) -> String {
@@ -749,6 +751,36 @@ pub async fn run_pass(
         report.evicted = done;
     }
 
+    // Received entry packages nothing here needs any more.
+    let ts = transit_since.clone();
+    let pruned = store.write(move |t| prune_entry_packages(t, &ts)).await?;
+    let dd = data_dir.clone();
+    let dirs: Vec<String> = pruned.iter().map(|(_, p)| p.clone()).collect();
+    let leftover_pkgs = store
+        .read(|c| {
+            let mut st =
+                c.prepare("SELECT image_path FROM entry_packages WHERE evicted_at IS NOT NULL")?;
+            let v = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        for rel in dirs.iter().chain(leftover_pkgs.iter()) {
+            remove_package_dir(&dd, rel);
+        }
+    })
+    .await
+    .map_err(|_| StoreError::Closed)?;
+    if !pruned.is_empty() {
+        tracing::info!(
+            count = pruned.len(),
+            "entry package images removed: no exit scan here needs them any more"
+        );
+    }
+    report.entry_packages_evicted = pruned.into_iter().map(|(id, _)| id).collect();
+
     // Figures after the pass.
     let dd = data_dir.clone();
     let free_after = tokio::task::spawn_blocking(move || free_bytes(&dd))
@@ -810,6 +842,76 @@ pub async fn run_pass(
         *s = st;
     }
     Ok(report)
+}
+
+/// Marks the images of received entry packages evicted, with an `entry_package.evicted`
+/// audit line each, when no exit scan here needs them: a package is kept while it is within
+/// the transit window (received after `transit_since`) with no exit scan of its declaration
+/// here yet, and while an exit scan of its declaration here still has its images (its
+/// transit view shows the entry). Returns (entry scan id, image path) of those marked; the
+/// caller deletes their directories after the commit.
+pub fn prune_entry_packages(
+    t: &Transaction<'_>,
+    transit_since: &str,
+) -> store::Result<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = {
+        let mut st = t.prepare(
+            "SELECT e.entry_scan_id, e.image_path FROM entry_packages e
+             WHERE e.evicted_at IS NULL
+               AND NOT (e.received_at > ?1
+                        AND NOT EXISTS (SELECT 1 FROM scans x
+                                        WHERE x.declaration_number = e.declaration_number
+                                          AND x.direction = 'exit'))
+               AND NOT EXISTS (SELECT 1 FROM scans x
+                               WHERE x.declaration_number = e.declaration_number
+                                 AND x.direction = 'exit' AND x.evicted_at IS NULL)
+             ORDER BY e.received_at",
+        )?;
+        let v = st
+            .query_map([transit_since], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        v
+    };
+    let at = store::now_rfc3339();
+    for (id, _) in &rows {
+        t.execute(
+            "UPDATE entry_packages SET evicted_at = ?1 WHERE entry_scan_id = ?2",
+            params![at, id],
+        )?;
+        audit::append(
+            t,
+            "retention",
+            "entry_package.evicted",
+            Some(id),
+            serde_json::json!({"reason": "no exit scan here needs it (transit window over, or its exit scans evicted)"}),
+        )?;
+    }
+    Ok(rows)
+}
+
+/// Removes the directory of a received entry package's image (`entries/<id>/image.png`).
+/// Refuses any path that leaves `<data_dir>/entries`.
+fn remove_package_dir(data_dir: &Path, image_path: &str) {
+    let rel = Path::new(image_path);
+    let Some(dir) = rel.parent() else { return };
+    let inside = dir.starts_with("entries")
+        && dir.components().count() == 2
+        && dir
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        tracing::error!(
+            image_path,
+            "refusing to delete an entry package directory outside <data_dir>/entries"
+        );
+        return;
+    }
+    let p = data_dir.join(dir);
+    if p.exists() && std::fs::remove_dir_all(&p).is_ok() {
+        if let Ok(d) = std::fs::File::open(data_dir.join("entries")) {
+            let _ = d.sync_all();
+        }
+    }
 }
 
 /// Removes a scan directory (relative to the data dir) and syncs its parent. Refuses any
@@ -1244,6 +1346,95 @@ mod tests {
         assert!(e.to_string().contains("no scan B"), "{e}");
         pin_cli(d.path(), "A", false, None).await.unwrap();
         assert!(!is_pinned_by_admin(&c, "A").unwrap());
+    }
+
+    fn package(c: &Connection, id: &str, received: &str, decl: &str) {
+        let pkg = crate::store::entries::EntryPackage {
+            schema: crate::store::entries::ENTRY_SCHEMA.into(),
+            entry_scan_id: id.into(),
+            origin_site: "KHI".into(),
+            origin_node: "N1".into(),
+            exit_site: "TKM".into(),
+            declaration_number: decl.into(),
+            container_ids: vec![],
+            scanned_at: received.into(),
+            sidecar: serde_json::json!({}),
+            image_width: 10,
+            image_height: 10,
+            reduction: 1.0,
+            pixel_mm: None,
+            embeddings: None,
+        };
+        c.execute(
+            "INSERT INTO entry_packages(entry_scan_id, origin_site, exit_site, declaration_number,
+                container_ids, scanned_at, received_at, image_path, package)
+             VALUES (?1, 'KHI', 'TKM', ?3, '[]', ?2, ?2, 'entries/' || ?1 || '/image.png', ?4)",
+            params![id, received, decl, serde_json::to_string(&pkg).unwrap()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn entry_packages_are_kept_while_an_exit_here_may_need_them() {
+        let d = db();
+        let c = &d.c;
+        let since = "2026-06-01T00:00:00.000Z";
+        package(c, "P-NEW", RECENT, "D1"); // in the window, no exit yet: kept
+        package(c, "P-LATE", OLD, "D2"); // window over, no exit came: removed
+        package(c, "P-USED", OLD, "D3"); // its exit still has images: kept
+        scan(c, "X3", OLD, "exit", "transit", "D3");
+        package(c, "P-DONE", RECENT, "D4"); // its exit's images were evicted: removed
+        scan(c, "X4", RECENT, "exit", "transit", "D4");
+        c.execute(
+            "UPDATE scans SET evicted_at = 't', evicted_reason = 'quota' WHERE scan_id = 'X4'",
+            [],
+        )
+        .unwrap();
+        let mut c2 = Connection::open(c.path().unwrap()).unwrap();
+        let t = c2.transaction().unwrap();
+        let mut got = prune_entry_packages(&t, since).unwrap();
+        t.commit().unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("P-DONE".to_string(), "entries/P-DONE/image.png".to_string()),
+                ("P-LATE".to_string(), "entries/P-LATE/image.png".to_string()),
+            ]
+        );
+        // Audited, not offered to pairing any more, and not pruned twice.
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM audit WHERE action = 'entry_package.evicted'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(crate::store::transit::entry_by_id(c, "P-LATE")
+            .unwrap()
+            .is_none());
+        assert!(crate::store::transit::entry_by_id(c, "P-USED")
+            .unwrap()
+            .is_some());
+        let t = c2.transaction().unwrap();
+        assert!(prune_entry_packages(&t, since).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_package_dir_stays_inside_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("entries/P1");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(pkg.join("image.png"), b"x").unwrap();
+        let scans = dir.path().join("scans/S1");
+        std::fs::create_dir_all(&scans).unwrap();
+        remove_package_dir(dir.path(), "scans/S1/image.png");
+        remove_package_dir(dir.path(), "entries/../scans/S1/image.png");
+        remove_package_dir(dir.path(), "entries/image.png");
+        assert!(scans.exists() && pkg.exists());
+        remove_package_dir(dir.path(), "entries/P1/image.png");
+        assert!(!pkg.exists() && dir.path().join("entries").exists());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct EntryRecord {
     pub received_at: String,
     /// The canonical 16-bit transmission PNG, relative to the data dir.
     pub image_path: String,
+    /// When retention removed the image (no exit scan here needed it any more).
+    pub evicted_at: Option<String>,
 }
 
 /// Stores a received package whose image file is already durable at `image_path`.
@@ -83,11 +85,13 @@ pub fn insert(t: &Transaction<'_>, pkg: &EntryPackage, image_path: &str) -> Resu
     Ok(true)
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+type Row = (String, String, String, Option<String>);
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-fn finish((package, received_at, image_path): (String, String, String)) -> Result<EntryRecord> {
+fn finish((package, received_at, image_path, evicted_at): Row) -> Result<EntryRecord> {
     Ok(EntryRecord {
         package: serde_json::from_str(&package).map_err(|source| StoreError::Json {
             what: "entry_packages.package",
@@ -95,19 +99,21 @@ fn finish((package, received_at, image_path): (String, String, String)) -> Resul
         })?,
         received_at,
         image_path,
+        evicted_at,
     })
 }
 
-/// The newest package for this declaration that shares a container id with the exit scan.
+/// The newest package for this declaration that shares a container id with the exit scan
+/// and still has its image.
 pub fn find_for_exit(
     c: &Connection,
     declaration_number: &str,
     container_ids: &[String],
 ) -> Result<Option<EntryRecord>> {
     let mut st = c.prepare(
-        "SELECT e.package, e.received_at, e.image_path FROM entry_packages e
+        "SELECT e.package, e.received_at, e.image_path, e.evicted_at FROM entry_packages e
          JOIN entry_package_containers pc ON pc.entry_scan_id = e.entry_scan_id
-         WHERE e.declaration_number = ?1 AND pc.container_id = ?2
+         WHERE e.declaration_number = ?1 AND pc.container_id = ?2 AND e.evicted_at IS NULL
          ORDER BY e.scanned_at DESC LIMIT 1",
     )?;
     for cid in container_ids {
@@ -123,7 +129,7 @@ pub fn find_for_exit(
 
 pub fn get(c: &Connection, entry_scan_id: &str) -> Result<Option<EntryRecord>> {
     c.query_row(
-        "SELECT package, received_at, image_path FROM entry_packages WHERE entry_scan_id = ?1",
+        "SELECT package, received_at, image_path, evicted_at FROM entry_packages WHERE entry_scan_id = ?1",
         [entry_scan_id],
         row_to_record,
     )

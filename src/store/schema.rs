@@ -201,6 +201,11 @@ const MIGRATIONS: &[&str] = &[
         note      TEXT
     );
     "#,
+    // 8: retention of received entry packages: the image of a package no exit here needs
+    // any more is removed; the row stays and says when.
+    r#"
+    ALTER TABLE entry_packages ADD COLUMN evicted_at TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -72,7 +72,9 @@ pub fn entry_by_id(c: &Connection, entry_scan_id: &str) -> Result<Option<EntrySo
             return Ok(Some(EntrySource::Local(s)));
         }
     }
-    Ok(entries::get(c, entry_scan_id)?.map(EntrySource::Package))
+    Ok(entries::get(c, entry_scan_id)?
+        .filter(|p| p.evicted_at.is_none())
+        .map(EntrySource::Package))
 }
 
 /// An exit scan whose current verdict awaits its entry.

@@ -359,6 +359,12 @@ pub async fn transit_entry(
             super::api::load_scan_with_images(&st, &s.scan_id).await?;
             st.cfg.data_dir.join(s.image_dir).join(CANONICAL_IMAGE)
         }
+        (None, Some(p)) if p.evicted_at.is_some() => {
+            return Err(AppError::Gone(format!(
+                "the image of entry package {entry_id} was removed by retention at {} (no exit scan here needed it any more)",
+                p.evicted_at.unwrap_or_default()
+            )))
+        }
         (None, Some(p)) => {
             // The path was written by this node's uplink, but the package came from another
             // node: never follow it out of the data dir.
