@@ -291,3 +291,88 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+/// A real ENOSPC in the middle of storing a scan (the free-space floor set to 0, so the gate
+/// does not stop it first): the drop is refused, nothing half-written stays, SQLite stays
+/// sound, and the same drop is stored once space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_mid_write_leaves_nothing_half_stored_and_sqlite_sound() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    if mount_tmpfs(&data, 48).is_none() {
+        return;
+    }
+    let _unmount = Unmount(data.clone());
+    let mut cfg = test_config(dir.path());
+    cfg.retention.min_free_bytes = 0;
+    let node = TestNode::start_with(cfg).await;
+    let mut sim = sim(79);
+    let first = sim.next_drop();
+    let (s, b) = node
+        .post_drop(
+            &serde_json::to_vec(&first.sidecar).unwrap(),
+            Some(first.encode_image()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    node.wait_counts((1, 1, 1), Duration::from_secs(60)).await;
+
+    // Leave less room than the next scan's files need.
+    let second = sim.next_drop();
+    let image = second.encode_image();
+    let free = riac_node::retention::free_bytes(&data).unwrap();
+    let room = (image.len() as u64 / 2).max(64 << 10);
+    let ballast = data.join("ballast.bin");
+    std::fs::write(&ballast, vec![0u8; free.saturating_sub(room) as usize]).unwrap();
+    let (s, body) = node
+        .post_drop(
+            &serde_json::to_vec(&second.sidecar).unwrap(),
+            Some(image.clone()),
+        )
+        .await;
+    assert_eq!(
+        s, 507,
+        "a scan that does not fit is refused as disk full: {body}"
+    );
+    assert_eq!(body["error"]["code"], "disk_full", "{body}");
+    // Nothing half-written under scans/, no row for the refused scan, the database sound.
+    let mut leftovers = Vec::new();
+    let mut stack = vec![data.join("scans")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-") {
+                leftovers.push(name);
+            } else if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let n = node.node.as_ref().unwrap();
+    let id = second.scan_id.clone();
+    let (rows, ok): (i64, String) = n
+        .store
+        .read(move |c| {
+            Ok((
+                c.query_row(
+                    "SELECT count(*) FROM scans WHERE scan_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )?,
+                c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((rows, ok.as_str()), (0, "ok"));
+    assert_eq!(image_status(&node, &first.scan_id).await.0, 200);
+
+    // Space back: the same drop is stored and decided.
+    std::fs::remove_file(&ballast).unwrap();
+    let (s, b) = node
+        .post_drop(&serde_json::to_vec(&second.sidecar).unwrap(), Some(image))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    node.wait_counts((2, 2, 2), Duration::from_secs(60)).await;
+}
