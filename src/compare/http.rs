@@ -9,7 +9,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::transit::{ALIGNED_FILE, HEATMAP_FILE};
-use crate::imaging::{self, Window};
 use crate::scan::is_valid_scan_id;
 use crate::store::{self, scans::ScanRecord};
 use crate::web::api::{parse_image_params as window, ImageParams};
@@ -57,19 +56,6 @@ async fn read_file(path: std::path::PathBuf, missing: String) -> Result<Vec<u8>,
     }
 }
 
-/// An 8-bit rendering of a stored 16-bit PNG.
-async fn render(bytes: Vec<u8>, w: Window, max_width: u32) -> Result<Response, AppError> {
-    let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AppError> {
-        let img = imaging::decode_png16(&bytes).map_err(|e| AppError::Internal(e.to_string()))?;
-        let img = imaging::fit_width(&img, max_width);
-        imaging::encode_png8(&imaging::window_level(&img, w))
-            .map_err(|e| AppError::Internal(e.to_string()))
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.to_string()))??;
-    Ok(png(out))
-}
-
 fn no_comparison(id: &str) -> String {
     format!(
         "scan {id} has no transit comparison (yet): its entry scan has not been compared with it"
@@ -84,12 +70,24 @@ pub async fn aligned(
 ) -> Result<Response, AppError> {
     let (w, max_width) = window(&p)?;
     let scan = exit_scan(&st, &id).await?;
-    let bytes = read_file(
-        st.cfg.data_dir.join(&scan.image_dir).join(ALIGNED_FILE),
-        no_comparison(&id),
-    )
-    .await?;
-    render(bytes, w, max_width).await
+    let path = st.cfg.data_dir.join(&scan.image_dir).join(ALIGNED_FILE);
+    let meta = match tokio::fs::metadata(&path).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound(no_comparison(&id)))
+        }
+        Err(e) => return Err(AppError::Internal(format!("{}: {e}", path.display()))),
+    };
+    // The file appears when an awaiting exit is paired: its size and time are in the key,
+    // so the shared render cache never serves an older comparison.
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("aligned:{id}:{}:{stamp}", meta.len());
+    let out = crate::web::images::render_cached(&st, key, path, w, max_width).await?;
+    Ok(png(out.to_vec()))
 }
 
 /// `GET /api/v1/scans/{id}/transit/aligned16.png`: the stored 16-bit aligned exit.
