@@ -206,6 +206,7 @@ pub struct RawRetention {
     pub max_age_days: Option<f64>,
     pub max_gb: Option<f64>,
     pub min_free_gb: Option<f64>,
+    pub rejected_days: Option<f64>,
 }
 
 /// `[retention]`: when scan images are evicted (oldest first) and when intake stops.
@@ -220,6 +221,8 @@ pub struct RetentionConfig {
     /// Free space on the data dir's filesystem kept at least this large: eviction first,
     /// then intake stops (HTTP 507, drops wait in the hot folder).
     pub min_free_bytes: u64,
+    /// Rejected drops (`<data_dir>/rejected/`) older than this are deleted; `None`: kept.
+    pub rejected_max_age: Option<Duration>,
 }
 
 fn retention_config(r: RawRetention) -> Result<RetentionConfig, ConfigError> {
@@ -233,7 +236,16 @@ fn retention_config(r: RawRetention) -> Result<RetentionConfig, ConfigError> {
         0.0,
         1_000_000.0,
     )?;
+    let rejected_days = ranged_f64(
+        "retention.rejected_days",
+        r.rejected_days,
+        30.0,
+        0.0,
+        36_500.0,
+    )?;
     Ok(RetentionConfig {
+        rejected_max_age: (rejected_days > 0.0)
+            .then(|| Duration::from_secs_f64(rejected_days * 86_400.0)),
         interval: Duration::from_secs(ranged(
             "retention.interval_secs",
             r.interval_secs,

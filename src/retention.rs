@@ -638,6 +638,8 @@ pub struct PassReport {
     pub leftovers_removed: usize,
     /// Received entry packages whose image was removed (see [`prune_entry_packages`]).
     pub entry_packages_evicted: Vec<String>,
+    /// Files and folders deleted from `<data_dir>/rejected/` (see [`prune_rejected`]).
+    pub rejected_removed: usize,
 }
 
 fn ts_before(d: Duration) -> String {
@@ -781,6 +783,21 @@ pub async fn run_pass(
     }
     report.entry_packages_evicted = pruned.into_iter().map(|(id, _)| id).collect();
 
+    // Rejected drops past `retention.rejected_days`.
+    if let Some(age) = r.rejected_max_age {
+        let dir = cfg.rejected_dir();
+        let removed = tokio::task::spawn_blocking(move || prune_rejected(&dir, age))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if removed > 0 {
+            tracing::info!(
+                count = removed,
+                "old rejected drops deleted (retention.rejected_days)"
+            );
+        }
+        report.rejected_removed = removed;
+    }
+
     // Figures after the pass.
     let dd = data_dir.clone();
     let free_after = tokio::task::spawn_blocking(move || free_bytes(&dd))
@@ -887,6 +904,46 @@ pub fn prune_entry_packages(
         )?;
     }
     Ok(rows)
+}
+
+/// Deletes what was moved into `rejected/` longer than `max_age` ago: files, and the
+/// `<name>.earlier-N/` folders that keep an earlier rejection of a drop with the same name.
+/// The age is the entry's status-change time, which the move into `rejected/` sets (the
+/// modification time is the scanner's). Returns how many entries it deleted.
+pub fn prune_rejected(dir: &Path, max_age: Duration) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let Some(cutoff) = std::time::SystemTime::now()
+        .checked_sub(max_age)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.ctime() >= cutoff.as_secs() as i64 {
+            continue;
+        }
+        let gone = if meta.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if gone.is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    removed
 }
 
 /// Removes the directory of a received entry package's image (`entries/<id>/image.png`).

@@ -209,9 +209,13 @@ async fn bad_drops_in_the_hot_folder_are_moved_aside_with_the_reason() {
     let mut sim = sim(21);
     let cases = cases();
     let mut expected = Vec::new();
+    let mut first = None;
     for case in &cases {
         let d = sim.next_drop();
         let (sidecar, image) = (case.make)(&d);
+        if first.is_none() {
+            first = Some((d.scan_id.clone(), sidecar.clone(), image.clone()));
+        }
         write_raw_drop(
             &node.hot,
             &d.scan_id,
@@ -252,6 +256,39 @@ async fn bad_drops_in_the_hot_folder_are_moved_aside_with_the_reason() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
     let (_, rejects) = node.get_json("/api/v1/rejects").await;
     assert_eq!(rejects["rejects"].as_array().unwrap().len(), cases.len());
+
+    // The same bad drop again: the earlier rejection is kept beside the new one.
+    let (id, sidecar, image) = first.unwrap();
+    let before = std::fs::read_to_string(rejected.join(format!("{id}.error.txt"))).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_raw_drop(
+        &node.hot,
+        &id,
+        &sidecar,
+        image.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let earlier = rejected.join(format!("{id}.earlier-1"));
+    wait_until(Duration::from_secs(30), "second rejection", || {
+        earlier.join(format!("{id}.error.txt")).is_file()
+            && rejected.join(format!("{id}.json")).is_file()
+            && files_in(&node.hot).is_empty()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(earlier.join(format!("{id}.error.txt"))).unwrap(),
+        before
+    );
+    assert!(earlier.join(format!("{id}.json")).is_file());
+    let after = std::fs::read_to_string(rejected.join(format!("{id}.error.txt"))).unwrap();
+    assert_ne!(after, before, "a new error file, with its own time");
+    // Retention deletes rejected drops past `retention.rejected_days` (here: all of them).
+    assert_eq!(
+        riac_node::retention::prune_rejected(&rejected, Duration::from_secs(86_400)),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(riac_node::retention::prune_rejected(&rejected, Duration::ZERO) > cases.len());
+    assert_eq!(std::fs::read_dir(&rejected).unwrap().count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,7 +435,9 @@ impl TaskCtx {
         );
         let err_path = self.rejected.join(format!("{name}.error.txt"));
         let tmp = self.rejected.join(format!(".{name}.error.txt.tmp"));
+        let sidecar_name = sidecar.file_name().expect("sidecar has a name");
         let write = (|| -> std::io::Result<()> {
+            keep_earlier_rejection(&self.rejected, sidecar_name, name, files)?;
             fs::write(&tmp, text.as_bytes())?;
             fs::File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &err_path)?;
@@ -460,6 +462,42 @@ impl TaskCtx {
             }
         }
     }
+}
+
+/// A drop with this name was rejected before and is complete in `rejected/` (its sidecar,
+/// moved last, is there): its files move into `rejected/<name>.earlier-N/` so the new
+/// rejection does not overwrite them. A rejection a crash interrupted (image moved, sidecar
+/// not) is left alone: it is the same drop, being finished.
+fn keep_earlier_rejection(
+    rejected: &Path,
+    sidecar_name: &std::ffi::OsStr,
+    name: &str,
+    files: &[String],
+) -> std::io::Result<()> {
+    if !rejected.join(sidecar_name).exists() {
+        return Ok(());
+    }
+    let mut n = 1;
+    let keep = loop {
+        let d = rejected.join(format!("{name}.earlier-{n}"));
+        if !d.exists() {
+            break d;
+        }
+        n += 1;
+    };
+    fs::create_dir(&keep)?;
+    let error_txt = std::ffi::OsString::from(format!("{name}.error.txt"));
+    let names = std::iter::once(sidecar_name.to_os_string())
+        .chain(std::iter::once(error_txt))
+        .chain(files.iter().map(std::ffi::OsString::from));
+    for f in names {
+        let from = rejected.join(&f);
+        if from.is_file() {
+            fs::rename(&from, keep.join(&f))?;
+        }
+    }
+    super::sync_dir(&keep)?;
+    super::sync_dir(rejected)
 }
 
 /// Sidecar first: if we crash after it is gone, an orphan image remains (harmless); the
