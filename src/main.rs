@@ -595,11 +595,14 @@ async fn main() -> Result<()> {
             }
             .data_dir;
             let s = riac_node::export::export_cli(&data_dir, &key_file, sel, &a.out).await?;
+            let shown = match s.scans.len() {
+                n if n <= 5 => s.scans.join(", "),
+                n => format!("{}, ... and {} more", s.scans[..3].join(", "), n - 3),
+            };
             println!(
-                "wrote {}: {} scan(s) ({}), {} file(s), {} bytes before compression",
+                "wrote {}: {} scan(s) ({shown}), {} file(s), {} bytes before compression",
                 s.out.display(),
                 s.scans.len(),
-                s.scans.join(", "),
                 s.files,
                 s.bytes
             );
