@@ -314,4 +314,35 @@ async fn entry_package_from_the_entry_site_is_paired_at_reduced_resolution() {
     )
     .await;
     assert_eq!((img.width(), img.height()), (rw, rh));
+
+    // Once the exit's images are evicted, retention removes the package's image too, and
+    // the transit view says so instead of failing.
+    let exit_id = p.exit.scan_id.clone();
+    n.store
+        .write(move |t| {
+            t.execute(
+                "UPDATE scans SET evicted_at = '2026-11-28T00:00:00.000Z', evicted_reason = 'quota' WHERE scan_id = ?1",
+                [&exit_id],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let report = riac_node::retention::run_pass(&n.config, &n.store, &n.metrics, &n.retention)
+        .await
+        .unwrap();
+    assert_eq!(report.entry_packages_evicted, vec![p.entry.scan_id.clone()]);
+    assert!(!n
+        .config
+        .data_dir
+        .join(format!("entries/{}", p.entry.scan_id))
+        .exists());
+    let (s, body) = node
+        .get_json(&format!(
+            "/api/v1/scans/{}/transit/entry.png",
+            p.exit.scan_id
+        ))
+        .await;
+    assert_eq!(s, 410, "{body}");
+    assert!(body.to_string().contains("removed by retention"), "{body}");
 }
