@@ -24,12 +24,7 @@ async fn evicts_oldest_unpinned_scan_and_explains_the_gap() {
     let mut sim = sim(77);
     let drops: Vec<_> = (0..3).map(|_| sim.next_drop()).collect();
     for d in &drops {
-        let (s, b) = node
-            .post_drop(
-                &serde_json::to_vec(&d.sidecar).unwrap(),
-                Some(d.encode_image()),
-            )
-            .await;
+        let (s, b) = node.post_sim(d).await;
         assert_eq!(s, 201, "{b}");
     }
     node.wait_counts((3, 3, 3), Duration::from_secs(60)).await;
@@ -209,12 +204,7 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
     let node = TestNode::start_with(cfg).await;
     let mut sim = sim(78);
     let first = sim.next_drop();
-    let (s, b) = node
-        .post_drop(
-            &serde_json::to_vec(&first.sidecar).unwrap(),
-            Some(first.encode_image()),
-        )
-        .await;
+    let (s, b) = node.post_sim(&first).await;
     assert_eq!(s, 201, "{b}");
     node.wait_counts((1, 1, 1), Duration::from_secs(60)).await;
 
@@ -226,12 +216,7 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
     std::fs::write(&ballast, vec![0u8; fill]).unwrap();
 
     let second = sim.next_drop();
-    let (s, body) = node
-        .post_drop(
-            &serde_json::to_vec(&second.sidecar).unwrap(),
-            Some(second.encode_image()),
-        )
-        .await;
+    let (s, body) = node.post_sim(&second).await;
     assert_eq!(s, 507, "{body}");
     let text = body.to_string();
     assert!(
@@ -274,12 +259,7 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
     // Space returns: intake resumes by itself, the waiting drop is ingested.
     std::fs::remove_file(&ballast).unwrap();
     node.wait_counts((2, 2, 2), Duration::from_secs(60)).await;
-    let (s, b) = node
-        .post_drop(
-            &serde_json::to_vec(&second.sidecar).unwrap(),
-            Some(second.encode_image()),
-        )
-        .await;
+    let (s, b) = node.post_sim(&second).await;
     assert_eq!(s, 201, "{b}");
     node.wait_counts((3, 3, 3), Duration::from_secs(60)).await;
 
@@ -308,12 +288,7 @@ async fn enospc_mid_write_leaves_nothing_half_stored_and_sqlite_sound() {
     let node = TestNode::start_with(cfg).await;
     let mut sim = sim(79);
     let first = sim.next_drop();
-    let (s, b) = node
-        .post_drop(
-            &serde_json::to_vec(&first.sidecar).unwrap(),
-            Some(first.encode_image()),
-        )
-        .await;
+    let (s, b) = node.post_sim(&first).await;
     assert_eq!(s, 201, "{b}");
     node.wait_counts((1, 1, 1), Duration::from_secs(60)).await;
 

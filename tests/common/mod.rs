@@ -142,6 +142,15 @@ impl TestNode {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Posts a simulated drop (its sidecar and encoded image) to `POST /api/v1/scans`.
+    pub async fn post_sim(&self, d: &riac_node::sim::SimDrop) -> (u16, serde_json::Value) {
+        self.post_drop(
+            &serde_json::to_vec(&d.sidecar).unwrap(),
+            Some(d.encode_image()),
+        )
+        .await
+    }
+
     pub async fn post_drop(
         &self,
         sidecar: &[u8],
