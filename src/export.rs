@@ -507,30 +507,62 @@ pub fn build_blocking(
     })
 }
 
-/// Exports the selection off the runtime, then writes the `evidence.exported` audit line
-/// (one per scan exported) with `actor`.
-pub async fn export(
-    store: &Store,
-    data_dir: &Path,
-    key: std::sync::Arc<NodeKey>,
-    node_id: Option<String>,
-    selection: Selection,
-    actor: String,
-    out: &Path,
-) -> Result<ExportSummary, ExportError> {
-    let (s, dd, o, a, sel) = (
-        store.clone(),
-        data_dir.to_path_buf(),
-        out.to_path_buf(),
-        actor.clone(),
-        selection.clone(),
-    );
-    let summary = tokio::task::spawn_blocking(move || {
-        build_blocking(&s, &dd, &key, node_id.as_deref(), &sel, &a, &o)
-    })
-    .await
-    .map_err(|e| ExportError::Task(e.to_string()))??;
-    audit_export(store, &summary, actor, selection, out.display().to_string()).await?;
+/// What to export, from which node, for whom.
+pub struct ExportJob {
+    pub store: Store,
+    pub data_dir: PathBuf,
+    pub key: std::sync::Arc<NodeKey>,
+    pub node_id: Option<String>,
+    pub selection: Selection,
+    /// Who asked: recorded in the manifest and the audit line.
+    pub actor: String,
+}
+
+impl ExportJob {
+    /// Builds the zip at `out` off the runtime; `then` runs on the same blocking thread
+    /// right after (the download opens and unlinks the file there).
+    async fn build<T: Send + 'static>(
+        &self,
+        out: PathBuf,
+        then: impl FnOnce(&Path) -> Result<T, ExportError> + Send + 'static,
+    ) -> Result<(ExportSummary, T), ExportError> {
+        let (s, dd, k, node, sel, a) = (
+            self.store.clone(),
+            self.data_dir.clone(),
+            self.key.clone(),
+            self.node_id.clone(),
+            self.selection.clone(),
+            self.actor.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let summary = build_blocking(&s, &dd, &k, node.as_deref(), &sel, &a, &out)?;
+            Ok((summary, then(&out)?))
+        })
+        .await
+        .map_err(|e| ExportError::Task(e.to_string()))?
+    }
+
+    /// One `evidence.exported` audit line per scan exported, naming where it went.
+    async fn audit(self, summary: &ExportSummary, destination: String) -> Result<(), ExportError> {
+        let ids = summary.scans.clone();
+        let detail = json!({"selection": self.selection, "file": destination, "files": summary.files, "bytes": summary.bytes});
+        let actor = self.actor;
+        self.store
+            .write(move |t| {
+                for id in &ids {
+                    audit::append(t, &actor, "evidence.exported", Some(id), detail.clone())?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Exports the selection to `out` off the runtime, then writes the audit lines.
+pub async fn export(job: ExportJob, out: &Path) -> Result<ExportSummary, ExportError> {
+    let (summary, ()) = job.build(out.to_path_buf(), |_| Ok(())).await?;
+    job.audit(&summary, out.display().to_string()).await?;
     Ok(summary)
 }
 
@@ -540,35 +572,25 @@ pub const STAGING_DIR: &str = "exports";
 
 /// Builds an export for a download: the zip is made in `<data_dir>/exports/`, opened and
 /// unlinked at once (nothing is left behind, even if the caller goes away), and the audit
-/// line records `destination` (for example "download by HTTP"). The returned file is
+/// line records `destination` (for example "download over HTTP"). The returned file is
 /// positioned at its start.
 pub async fn export_for_download(
-    store: &Store,
-    data_dir: &Path,
-    key: std::sync::Arc<NodeKey>,
-    node_id: Option<String>,
-    selection: Selection,
-    actor: String,
+    job: ExportJob,
     destination: String,
 ) -> Result<(ExportSummary, std::fs::File), ExportError> {
-    let dir = data_dir.join(STAGING_DIR);
+    let dir = job.data_dir.join(STAGING_DIR);
     let out = dir.join(format!("{}.zip", uuid::Uuid::new_v4().simple()));
-    let (s, dd, a, sel) = (
-        store.clone(),
-        data_dir.to_path_buf(),
-        actor.clone(),
-        selection.clone(),
-    );
-    let (summary, file) = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|e| write_err(&out, e))?;
-        let summary = build_blocking(&s, &dd, &key, node_id.as_deref(), &sel, &a, &out)?;
-        let f = std::fs::File::open(&out).map_err(|e| write_err(&out, e));
-        let _ = std::fs::remove_file(&out);
-        Ok::<_, ExportError>((summary, f?))
-    })
-    .await
-    .map_err(|e| ExportError::Task(e.to_string()))??;
-    audit_export(store, &summary, actor, selection, destination).await?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| write_err(&out, e))?;
+    let (summary, file) = job
+        .build(out, |out| {
+            let f = std::fs::File::open(out).map_err(|e| write_err(out, e));
+            let _ = std::fs::remove_file(out);
+            f
+        })
+        .await?;
+    job.audit(&summary, destination).await?;
     Ok((summary, file))
 }
 
@@ -581,26 +603,6 @@ pub fn sweep_staging(data_dir: &Path) -> usize {
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
-}
-
-async fn audit_export(
-    store: &Store,
-    summary: &ExportSummary,
-    actor: String,
-    selection: Selection,
-    destination: String,
-) -> Result<(), ExportError> {
-    let ids = summary.scans.clone();
-    let detail = json!({"selection": selection, "file": destination, "files": summary.files, "bytes": summary.bytes});
-    store
-        .write(move |t| {
-            for id in &ids {
-                audit::append(t, &actor, "evidence.exported", Some(id), detail.clone())?;
-            }
-            Ok(())
-        })
-        .await?;
-    Ok(())
 }
 
 /// `riac-node export`: opens the data dir's database, exports, closes.
@@ -625,16 +627,15 @@ pub async fn export_cli(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "root".into())
     );
-    let r = export(
-        &store,
-        data_dir,
-        std::sync::Arc::new(key),
-        None,
+    let job = ExportJob {
+        store: store.clone(),
+        data_dir: data_dir.to_path_buf(),
+        key: std::sync::Arc::new(key),
+        node_id: None,
         selection,
         actor,
-        out,
-    )
-    .await;
+    };
+    let r = export(job, out).await;
     store.close().await;
     r
 }

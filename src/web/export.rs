@@ -113,23 +113,24 @@ async fn download(st: AppState, me: CurrentUser, sel: Selection) -> Result<Respo
             .take(14)
             .collect::<String>()
     );
-    let (summary, file) = crate::export::export_for_download(
-        &st.store,
-        &st.cfg.data_dir,
+    let job = crate::export::ExportJob {
+        store: st.store.clone(),
+        data_dir: st.cfg.data_dir.clone(),
         key,
-        Some(st.cfg.node_id.clone()),
-        sel,
-        me.username.clone(),
-        format!("download over HTTP ({name})"),
-    )
-    .await
-    .map_err(|e| match e {
-        e @ ExportError::NothingSelected { .. } => AppError::NotFound(e.to_string()),
-        e @ ExportError::Write { .. } if e.to_string().contains("No space left") => {
-            AppError::InsufficientStorage(e.to_string())
-        }
-        other => AppError::Internal(other.to_string()),
-    })?;
+        node_id: Some(st.cfg.node_id.clone()),
+        selection: sel,
+        actor: me.username.clone(),
+    };
+    let (summary, file) =
+        crate::export::export_for_download(job, format!("download over HTTP ({name})"))
+            .await
+            .map_err(|e| match e {
+                e @ ExportError::NothingSelected { .. } => AppError::NotFound(e.to_string()),
+                e @ ExportError::Write { .. } if e.to_string().contains("No space left") => {
+                    AppError::InsufficientStorage(e.to_string())
+                }
+                other => AppError::Internal(other.to_string()),
+            })?;
     tracing::info!(user = %me.username, scans = summary.scans.len(), files = summary.files, bytes = summary.bytes, %name, "evidence exported for download");
     let len = file.metadata().map(|m| m.len()).ok();
     let body = Body::from_stream(ReaderStream::new(tokio::fs::File::from_std(file)));
