@@ -3,8 +3,8 @@
 //! status, accounts). [`router`] is built apart from the server so tests drive it with
 //! `oneshot`; [`spawn_server`] runs it over HTTP or HTTPS. Every route passes the access
 //! middleware in [`auth`]. Handlers only read the store, hand drops to the ingestor, or
-//! write decisions and account changes through the one writer; they never block the
-//! pipeline, and a browser never sees internal error text.
+//! write decisions, account changes and evidence-export audit lines through the one
+//! writer; they never block the pipeline, and a browser never sees internal error text.
 
 pub mod accounts;
 mod admin;
