@@ -12,13 +12,7 @@ async fn list_filters_images_health_and_metrics() {
     let pair = sim.next_transit_pair();
     let single = sim.next_drop();
     for d in [&pair.entry, &pair.exit, &single] {
-        let (s, b) = node
-            .post_drop(
-                &serde_json::to_vec(&d.sidecar).unwrap(),
-                Some(d.encode_image()),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
+        node.post_stored(d).await;
     }
     node.wait_counts((3, 3, 3), Duration::from_secs(30)).await;
 
@@ -98,15 +92,7 @@ async fn list_filters_images_health_and_metrics() {
 
     let (s, h) = node.get_json("/healthz").await;
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.get_text("/metrics").await;
     assert!(
         metrics.contains("riac_scans_ingested_total{source=\"http\"} 3"),
         "{metrics}"
@@ -117,15 +103,7 @@ async fn list_filters_images_health_and_metrics() {
         "{metrics}"
     );
 
-    let page = node
-        .client
-        .get(format!("{}/", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = node.get_text("/").await;
     assert!(page.contains(&single.scan_id), "queue page lists the scan");
     let page = node
         .client

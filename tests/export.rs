@@ -57,13 +57,7 @@ async fn export_round_trip_tamper_and_selection() {
     let mut sim = sim(81);
     let drops: Vec<_> = (0..2).map(|_| sim.next_drop()).collect();
     for d in &drops {
-        let (s, b) = node
-            .post_drop(
-                &serde_json::to_vec(&d.sidecar).unwrap(),
-                Some(d.encode_image()),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
+        node.post_stored(d).await;
     }
     node.wait_counts((2, 2, 2), Duration::from_secs(60)).await;
     let id0 = drops[0].scan_id.clone();
@@ -196,51 +190,35 @@ async fn export_round_trip_tamper_and_selection() {
     );
 
     // Selection by container and by declaration.
-    let out2 = dir.path().join("container.zip");
-    let cid = rec1.container_ids[0].clone();
-    let o = bin(&[
-        "export",
-        "--container",
-        &cid,
-        "--out",
-        out2.to_str().unwrap(),
-        "--data-dir",
-        &data,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let m = manifest(&out2);
-    assert!(
-        m["scans"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["scan_id"] == rec1.scan_id.as_str()),
-        "{m}"
-    );
+    let export_by = |flag: &str, value: &str, name: &str| {
+        let out = dir.path().join(name);
+        let o = bin(&[
+            "export",
+            flag,
+            value,
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            &data,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let m = manifest(&out);
+        assert!(
+            m["scans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["scan_id"] == rec1.scan_id.as_str()),
+            "{m}"
+        );
+        (out, m)
+    };
+    let (out2, m) = export_by("--container", &rec1.container_ids[0], "container.zip");
     assert_eq!(m["selection"]["by"], "container", "{m}");
     assert!(bin(&["verify-export", out2.to_str().unwrap()])
         .status
         .success());
-    let out3 = dir.path().join("declaration.zip");
-    let o = bin(&[
-        "export",
-        "--declaration",
-        &rec1.declaration_number,
-        "--out",
-        out3.to_str().unwrap(),
-        "--data-dir",
-        &data,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let m = manifest(&out3);
-    assert!(
-        m["scans"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["scan_id"] == rec1.scan_id.as_str()),
-        "{m}"
-    );
+    export_by("--declaration", &rec1.declaration_number, "declaration.zip");
 
     // Unknown scan: a clear error, non-zero exit, no zip.
     let out4 = dir.path().join("none.zip");

@@ -24,8 +24,7 @@ async fn evicts_oldest_unpinned_scan_and_explains_the_gap() {
     let mut sim = sim(77);
     let drops: Vec<_> = (0..3).map(|_| sim.next_drop()).collect();
     for d in &drops {
-        let (s, b) = node.post_sim(d).await;
-        assert_eq!(s, 201, "{b}");
+        node.post_stored(d).await;
     }
     node.wait_counts((3, 3, 3), Duration::from_secs(60)).await;
     let ids: Vec<String> = drops.iter().map(|d| d.scan_id.clone()).collect();
@@ -118,15 +117,7 @@ async fn evicts_oldest_unpinned_scan_and_explains_the_gap() {
         .unwrap();
     assert!(!node.data.join(&dir0).exists());
     assert!(audit.contains("quota"), "{audit}");
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.get_text("/metrics").await;
     assert!(
         metrics.contains("riac_retention_evicted_scans_total 1"),
         "{metrics}"
@@ -204,8 +195,7 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
     let node = TestNode::start_with(cfg).await;
     let mut sim = sim(78);
     let first = sim.next_drop();
-    let (s, b) = node.post_sim(&first).await;
-    assert_eq!(s, 201, "{b}");
+    node.post_stored(&first).await;
     node.wait_counts((1, 1, 1), Duration::from_secs(60)).await;
 
     // Ballast outside the scans: free space drops below the 24 MiB floor. Nothing is
@@ -244,23 +234,14 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(alerted, "status never showed disk_full");
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.get_text("/metrics").await;
     assert!(metrics.contains("riac_disk_full 1"), "{metrics}");
     assert_eq!(image_status(&node, &first.scan_id).await.0, 200);
 
     // Space returns: intake resumes by itself, the waiting drop is ingested.
     std::fs::remove_file(&ballast).unwrap();
     node.wait_counts((2, 2, 2), Duration::from_secs(60)).await;
-    let (s, b) = node.post_sim(&second).await;
-    assert_eq!(s, 201, "{b}");
+    node.post_stored(&second).await;
     node.wait_counts((3, 3, 3), Duration::from_secs(60)).await;
 
     let n = node.node.as_ref().unwrap();
@@ -288,8 +269,7 @@ async fn enospc_mid_write_leaves_nothing_half_stored_and_sqlite_sound() {
     let node = TestNode::start_with(cfg).await;
     let mut sim = sim(79);
     let first = sim.next_drop();
-    let (s, b) = node.post_sim(&first).await;
-    assert_eq!(s, 201, "{b}");
+    node.post_stored(&first).await;
     node.wait_counts((1, 1, 1), Duration::from_secs(60)).await;
 
     // Leave less room than the next scan's files need.

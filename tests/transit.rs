@@ -45,16 +45,6 @@ fn clearly_tampered(seed: u64) -> SimPair {
     }
 }
 
-async fn post(node: &TestNode, d: &riac_node::sim::SimDrop) {
-    let (s, b) = node
-        .post_drop(
-            &serde_json::to_vec(&d.sidecar).unwrap(),
-            Some(d.encode_image()),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-}
-
 /// The scan's current verdict once its transit status is `want` (or any status other
 /// than awaiting_entry when `want` is None).
 async fn wait_transit(node: &TestNode, scan_id: &str, want: Option<&str>) -> serde_json::Value {
@@ -101,8 +91,8 @@ async fn tampered_pair_is_changed_where_the_truth_is_and_untampered_is_unchanged
     let node = TestNode::start(dir.path()).await;
 
     let bad = clearly_tampered(5);
-    post(&node, &bad.entry).await;
-    post(&node, &bad.exit).await;
+    node.post_stored(&bad.entry).await;
+    node.post_stored(&bad.exit).await;
     let one = wait_transit(&node, &bad.exit.scan_id, None).await;
     let v = &one["verdict"];
     let t = &v["transit"];
@@ -164,8 +154,8 @@ async fn tampered_pair_is_changed_where_the_truth_is_and_untampered_is_unchanged
 
     let good = pair_sim(6, 0.0).next_transit_pair();
     assert!(!good.truth.tampered);
-    post(&node, &good.entry).await;
-    post(&node, &good.exit).await;
+    node.post_stored(&good.entry).await;
+    node.post_stored(&good.exit).await;
     let one = wait_transit(&node, &good.exit.scan_id, None).await;
     let v = &one["verdict"];
     assert_eq!(v["transit"]["status"], "unchanged", "{v}");
@@ -183,7 +173,7 @@ async fn exit_before_its_entry_awaits_then_a_new_verdict_supersedes() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     let p = pair_sim(8, 0.0).next_transit_pair();
-    post(&node, &p.exit).await;
+    node.post_stored(&p.exit).await;
     let first = wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
     let awaiting_id = first["verdict"]["verdict_id"].as_str().unwrap().to_string();
     assert_eq!(first["verdict"]["outcome"], "refer");
@@ -195,7 +185,7 @@ async fn exit_before_its_entry_awaits_then_a_new_verdict_supersedes() {
         .await;
     assert_eq!(s, 404, "no comparison yet");
 
-    post(&node, &p.entry).await;
+    node.post_stored(&p.entry).await;
     let done = wait_transit(&node, &p.exit.scan_id, None).await;
     let v = &done["verdict"];
     assert_eq!(v["transit"]["status"], "unchanged", "{v}");
@@ -213,7 +203,7 @@ async fn exit_whose_entry_never_comes_becomes_unpaired() {
     cfg.transit.sweep = Duration::from_millis(500);
     let node = TestNode::start_with(cfg).await;
     let p = pair_sim(9, 0.0).next_transit_pair();
-    post(&node, &p.exit).await;
+    node.post_stored(&p.exit).await;
     let first = wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
     let done = wait_transit(&node, &p.exit.scan_id, Some("unpaired")).await;
     let v = &done["verdict"];
@@ -236,7 +226,7 @@ async fn entry_package_from_the_entry_site_is_paired_at_reduced_resolution() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     let p = clearly_tampered(11);
-    post(&node, &p.exit).await;
+    node.post_stored(&p.exit).await;
     wait_transit(&node, &p.exit.scan_id, Some("awaiting_entry")).await;
 
     // What the uplink does with a received package: image durable first, then the row,

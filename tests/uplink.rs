@@ -351,15 +351,7 @@ async fn verdicts_made_while_the_broker_is_down_all_arrive_in_order_once_it_is_u
     assert_eq!(api["outbox"]["verdicts"], 0, "{api}");
     assert!(api["last_puback_at"].is_string(), "{api}");
     assert!(api["outbox"]["oldest_unsent_verdict_at"].is_null(), "{api}");
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.get_text("/metrics").await;
     assert!(metrics.contains("riac_uplink_connected 1"), "{metrics}");
     assert!(
         metrics.contains("riac_uplink_acknowledged_total"),
@@ -1295,15 +1287,7 @@ async fn over_quota_entry_packages_wait_and_verdicts_are_still_kept() {
         api["outbox"]["used_fraction"].as_f64().unwrap() >= 1.0,
         "{api}"
     );
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.get_text("/metrics").await;
     assert!(metrics.contains("riac_uplink_outbox_alert 2"), "{metrics}");
 
     // A transit entry still gets its verdict; its package waits for space.

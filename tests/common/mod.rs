@@ -142,6 +142,18 @@ impl TestNode {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// The body of `GET path` as text (pages, `/metrics`), whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Posts a simulated drop (its sidecar and encoded image) to `POST /api/v1/scans`.
     pub async fn post_sim(&self, d: &riac_node::sim::SimDrop) -> (u16, serde_json::Value) {
         self.post_drop(
@@ -149,6 +161,12 @@ impl TestNode {
             Some(d.encode_image()),
         )
         .await
+    }
+
+    /// Posts a simulated drop and asserts it was stored (201).
+    pub async fn post_stored(&self, d: &riac_node::sim::SimDrop) {
+        let (s, b) = self.post_sim(d).await;
+        assert_eq!(s, 201, "{} not stored: {b}", d.scan_id);
     }
 
     pub async fn post_drop(
