@@ -148,15 +148,16 @@ async fn evicts_oldest_unpinned_scan_and_explains_the_gap() {
     assert_eq!(evicted, vec![ids[1].as_str()], "{:?}", n.retention.status());
 }
 
-/// Mounts a tmpfs of `mb` MiB at `dir`; None (with the reason printed) when not permitted.
-fn mount_tmpfs(dir: &std::path::Path, mb: u32) -> Option<()> {
+/// Mounts a tmpfs of `mb` MiB at `dir`, unmounted when the guard drops (keep it alive
+/// longer than the node using it); None (with the reason printed) when not permitted.
+fn mount_tmpfs(dir: &std::path::Path, mb: u32) -> Option<Unmount> {
     std::fs::create_dir_all(dir).unwrap();
     let out = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
         .arg(dir)
         .output();
     match out {
-        Ok(o) if o.status.success() => Some(()),
+        Ok(o) if o.status.success() => Some(Unmount(dir.to_path_buf())),
         Ok(o) => {
             eprintln!(
                 "SKIPPED disk-full test: cannot mount a tmpfs ({}); run as root to test it",
@@ -185,10 +186,9 @@ impl Drop for Unmount {
 async fn disk_full_stops_intake_keeps_serving_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    if mount_tmpfs(&data, 64).is_none() {
+    let Some(_unmount) = mount_tmpfs(&data, 64) else {
         return;
-    }
-    let _unmount = Unmount(data.clone());
+    };
     let mut cfg = test_config(dir.path());
     cfg.retention.min_free_bytes = 24 << 20;
     cfg.retention.interval = Duration::from_secs(1);
@@ -260,10 +260,9 @@ async fn disk_full_stops_intake_keeps_serving_and_resumes() {
 async fn enospc_mid_write_leaves_nothing_half_stored_and_sqlite_sound() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    if mount_tmpfs(&data, 48).is_none() {
+    let Some(_unmount) = mount_tmpfs(&data, 48) else {
         return;
-    }
-    let _unmount = Unmount(data.clone());
+    };
     let mut cfg = test_config(dir.path());
     cfg.retention.min_free_bytes = 0;
     let node = TestNode::start_with(cfg).await;
