@@ -484,11 +484,20 @@ impl DiskGuard {
 
     /// The gate before each ingest. Enough space: admitted. Below the floor with scans the
     /// last pass could evict: wakes a pass, waits for it (at most [`ADMIT_WAIT`]) and checks
-    /// again. Still short, or nothing evictable: [`DiskGuard::check`] refuses and alerts.
+    /// again. Still short, or nothing evictable: it refuses and raises the alert.
     pub async fn admit(&self) -> Result<(), DiskFull> {
         let g = &self.inner;
-        let short = (g.measure)(&g.dir).is_ok_and(|free| free < g.floor);
-        if short && g.evictable.load(Ordering::Relaxed) > 0 {
+        match (g.measure)(&g.dir) {
+            Ok(free) if free < g.floor => {}
+            // Enough space (the common case: one statvfs), or an unreadable figure, which
+            // must not stop intake; the write itself will tell.
+            Ok(free) => {
+                g.free.store(free, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        }
+        if g.evictable.load(Ordering::Relaxed) > 0 {
             let mut passes = g.passes.subscribe();
             passes.borrow_and_update();
             g.kick.notify_one();
@@ -499,7 +508,7 @@ impl DiskGuard {
 
     /// Checks the free space now (one statvfs). Below the floor: raises the alert, wakes
     /// the retention pass and refuses.
-    pub fn check(&self) -> Result<(), DiskFull> {
+    fn check(&self) -> Result<(), DiskFull> {
         let g = &self.inner;
         let free = match (g.measure)(&g.dir) {
             Ok(f) => f,
@@ -659,14 +668,19 @@ pub async fn run_pass(
     let data_dir = cfg.data_dir.clone();
     let mut report = PassReport::default();
 
-    // Leftovers: evicted rows whose directory survived a crash after the commit.
-    let leftovers: Vec<String> = store
+    // Leftovers: evicted scans and entry packages whose directory survived a crash (or a
+    // failed delete) after the commit.
+    let (leftovers, leftover_pkgs): (Vec<String>, Vec<String>) = store
         .read(|c| {
-            let mut st = c.prepare("SELECT image_dir FROM scans WHERE evicted_at IS NOT NULL")?;
-            let v = st
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(v)
+            let list = |sql: &str| -> rusqlite::Result<Vec<String>> {
+                let mut st = c.prepare(sql)?;
+                let v = st.query_map([], |r| r.get(0))?.collect();
+                v
+            };
+            Ok((
+                list("SELECT image_dir FROM scans WHERE evicted_at IS NOT NULL")?,
+                list("SELECT image_path FROM entry_packages WHERE evicted_at IS NOT NULL")?,
+            ))
         })
         .await?;
     let ts = transit_since.clone();
@@ -678,6 +692,9 @@ pub async fn run_pass(
             if remove_scan_dir(&dd, &rel) {
                 removed += 1;
             }
+        }
+        for rel in &leftover_pkgs {
+            remove_package_dir(&dd, rel);
         }
         for c in &mut cands {
             c.bytes = dir_bytes(&dd.join(&c.image_dir));
@@ -758,18 +775,8 @@ pub async fn run_pass(
     let pruned = store.write(move |t| prune_entry_packages(t, &ts)).await?;
     let dd = data_dir.clone();
     let dirs: Vec<String> = pruned.iter().map(|(_, p)| p.clone()).collect();
-    let leftover_pkgs = store
-        .read(|c| {
-            let mut st =
-                c.prepare("SELECT image_path FROM entry_packages WHERE evicted_at IS NOT NULL")?;
-            let v = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(v)
-        })
-        .await?;
     tokio::task::spawn_blocking(move || {
-        for rel in dirs.iter().chain(leftover_pkgs.iter()) {
+        for rel in &dirs {
             remove_package_dir(&dd, rel);
         }
     })
@@ -947,46 +954,41 @@ pub fn prune_rejected(dir: &Path, max_age: Duration) -> usize {
 }
 
 /// Removes the directory of a received entry package's image (`entries/<id>/image.png`).
-/// Refuses any path that leaves `<data_dir>/entries`.
+/// Refuses any path that leaves `<data_dir>/entries` or is not one package's folder.
 fn remove_package_dir(data_dir: &Path, image_path: &str) {
-    let rel = Path::new(image_path);
-    let Some(dir) = rel.parent() else { return };
-    let inside = dir.starts_with("entries")
-        && dir.components().count() == 2
-        && dir
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !inside {
-        tracing::error!(
+    match Path::new(image_path).parent() {
+        Some(dir) if dir.components().count() == 2 => {
+            remove_dir_under(data_dir, "entries", dir);
+        }
+        _ => tracing::error!(
             image_path,
             "refusing to delete an entry package directory outside <data_dir>/entries"
-        );
-        return;
-    }
-    let p = data_dir.join(dir);
-    if p.exists() && std::fs::remove_dir_all(&p).is_ok() {
-        if let Ok(d) = std::fs::File::open(data_dir.join("entries")) {
-            let _ = d.sync_all();
-        }
+        ),
     }
 }
 
 /// Removes a scan directory (relative to the data dir) and syncs its parent. Refuses any
 /// path that leaves `<data_dir>/scans`.
 fn remove_scan_dir(data_dir: &Path, rel: &str) -> bool {
-    let rel_path = Path::new(rel);
-    let inside = rel_path.starts_with("scans")
-        && rel_path
+    remove_dir_under(data_dir, "scans", Path::new(rel))
+}
+
+/// Removes `<data_dir>/<rel>` and syncs its parent; whether it removed something. Refuses
+/// (with an error logged) any `rel` that is not a plain path below `<data_dir>/<root>`.
+fn remove_dir_under(data_dir: &Path, root: &str, rel: &Path) -> bool {
+    let inside = rel.starts_with(root)
+        && rel.components().count() > 1
+        && rel
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
     if !inside {
         tracing::error!(
-            image_dir = rel,
-            "refusing to delete a scan directory outside <data_dir>/scans"
+            path = %rel.display(),
+            "refusing to delete a directory outside <data_dir>/{root}"
         );
         return false;
     }
-    let p = data_dir.join(rel_path);
+    let p = data_dir.join(rel);
     if !p.exists() {
         return false;
     }
@@ -998,7 +1000,7 @@ fn remove_scan_dir(data_dir: &Path, rel: &str) -> bool {
             true
         }
         Err(e) => {
-            tracing::warn!(path = %p.display(), error = %e, "cannot delete an evicted scan's directory; the next pass retries");
+            tracing::warn!(path = %p.display(), error = %e, "cannot delete an evicted directory; the next pass retries");
             false
         }
     }
