@@ -213,13 +213,13 @@ fn read_scan(c: &rusqlite::Connection, id: &str) -> Result<Option<ScanData>, Exp
 }
 
 /// Writes through to `inner` while hashing and counting what passed.
-struct Hashing<'a, W: Write> {
+struct Hashing<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     hash: Sha256,
     size: u64,
 }
 
-impl<W: Write> Write for Hashing<'_, W> {
+impl<W: Write + ?Sized> Write for Hashing<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
@@ -704,23 +704,19 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
             || name == PUBLIC_KEY_FILE
             || name.ends_with("/verdicts.json")
             || name.ends_with("/chain_proof.json");
-        let mut kept = Vec::new();
-        let (mut hash, mut size) = (Sha256::new(), 0u64);
-        let mut buf = vec![0u8; 256 * 1024];
-        let read = loop {
-            match zf.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    hash.update(&buf[..n]);
-                    size += n as u64;
-                    if keep {
-                        kept.extend_from_slice(&buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
+        let (mut kept, mut sink) = (Vec::new(), std::io::sink());
+        let mut w = Hashing {
+            inner: if keep {
+                &mut kept as &mut dyn Write
+            } else {
+                &mut sink
+            },
+            hash: Sha256::new(),
+            size: 0,
         };
+        // Writing to memory or the sink cannot fail: an error is the entry's.
+        let read = std::io::copy(&mut zf, &mut w);
+        let (hash, size) = (w.hash, w.size);
         if let Err(e) = read {
             // A flipped byte in a compressed entry fails its CRC here.
             problems.push(format!("{name}: unreadable in the zip ({e})"));
