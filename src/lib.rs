@@ -258,8 +258,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     );
     state.uplink = uplink.clone();
     state.node_key = Some(node_key.clone());
-    let retention = retention::Retention::new(ingestor.disk_guard().clone());
-    state.retention = retention.clone();
+    let retention = state.retention.clone();
     tracker.spawn(retention::run(
         cfg.clone(),
         store.clone(),
