@@ -316,11 +316,32 @@ pub(crate) struct Grid {
     pub xe: Vec<f32>,
     /// Scene y (mm) of the top edge of row 0.
     pub y_top: f32,
-    /// Row pitch (mm).
+    /// Row pitch (mm); the mean pitch when `ye` is set.
     pub pv: f32,
+    /// Scene y (mm) of the row edges, `h + 1` values, strictly decreasing, for detectors
+    /// whose rows are not evenly spaced on the truck (the boom of an L-shaped detector);
+    /// empty when rows are uniform (`y_top`, `pv`).
+    pub ye: Vec<f32>,
+    /// Per row, the scene heights `[lo, hi]` (mm) whose optical depth the row averages: the
+    /// depth parallax of a fan beam smears an edge over a band. Empty when rows see only
+    /// their own span.
+    pub reach: Vec<[f32; 2]>,
 }
 
 impl Grid {
+    /// A grid of evenly spaced rows, without parallax.
+    pub fn uniform(xe: Vec<f32>, h: usize, y_top: f32, pv: f32) -> Self {
+        Self {
+            w: xe.len() - 1,
+            h,
+            xe,
+            y_top,
+            pv,
+            ye: Vec::new(),
+            reach: Vec::new(),
+        }
+    }
+
     /// Columns whose span meets [x0, x1), as a half-open range.
     pub fn col_range(&self, x0: f32, x1: f32) -> (usize, usize) {
         let a = self.xe.partition_point(|&e| e <= x0).saturating_sub(1);
@@ -330,20 +351,61 @@ impl Grid {
 
     /// Rows whose span meets [y0, y1) (y up, rows down), as a half-open range.
     pub fn row_range(&self, y0: f32, y1: f32) -> (usize, usize) {
+        if !self.ye.is_empty() {
+            // Rows above the span end at or above y1; rows below it start at or below y0.
+            let a = self.ye[1..].partition_point(|&e| e >= y1);
+            let b = self.ye[..self.h].partition_point(|&e| e > y0);
+            return (a.min(self.h), b.min(self.h).max(a.min(self.h)));
+        }
         let a = ((self.y_top - y1) / self.pv).floor().max(0.0) as usize;
         let b = ((self.y_top - y0) / self.pv).ceil().max(0.0) as usize;
         (a.min(self.h), b.min(self.h).max(a.min(self.h)))
     }
 
     pub fn row_center(&self, r: usize) -> f32 {
+        if !self.ye.is_empty() {
+            return 0.5 * (self.ye[r] + self.ye[r + 1]);
+        }
         self.y_top - (r as f32 + 0.5) * self.pv
+    }
+
+    /// Height (mm) of row `r` on the truck.
+    pub fn row_h(&self, r: usize) -> f32 {
+        if self.ye.is_empty() {
+            self.pv
+        } else {
+            self.ye[r] - self.ye[r + 1]
+        }
+    }
+
+    /// Rows that see anything of [y0, y1), parallax included, as a half-open range.
+    pub fn seen_rows(&self, y0: f32, y1: f32) -> (usize, usize) {
+        let (a, b) = self.row_range(y0, y1);
+        if self.reach.is_empty() || a >= b {
+            return (a, b);
+        }
+        // The rows a shape is drawn into hold its depth over their whole height.
+        let (y0, y1) = (self.ye[b], self.ye[a]);
+        let mut first = self.h;
+        let mut last = 0;
+        for (r, &[lo, hi]) in self.reach.iter().enumerate() {
+            if lo < y1 && hi > y0 {
+                first = first.min(r);
+                last = r + 1;
+            }
+        }
+        if first >= last {
+            (0, 0)
+        } else {
+            (first, last)
+        }
     }
 
     /// Pixel box `[x0, y0, x1, y1]` (half-open) covering a scene box, or `None` if it is
     /// outside the image.
     pub fn px_box(&self, b: [f32; 4]) -> Option<[u32; 4]> {
         let (c0, c1) = self.col_range(b[0], b[2]);
-        let (r0, r1) = self.row_range(b[1], b[3]);
+        let (r0, r1) = self.seen_rows(b[1], b[3]);
         (c1 > c0 && r1 > r0).then_some([c0 as u32, r0 as u32, c1 as u32, r1 as u32])
     }
 }
@@ -372,6 +434,7 @@ pub(crate) fn raster(od: &mut [f32], g: &Grid, band_r0: usize, p: &Prim) {
     let textured = !matches!(p.tex, Tex::None) || !matches!(p.tex2, Tex::None);
     for r in r0..r1 {
         let y = g.row_center(r) - p.cy;
+        let pv = g.row_h(r);
         let row = &mut od[(r - band_r0) * g.w..(r - band_r0 + 1) * g.w];
         for (col, px) in row.iter_mut().enumerate().take(c1).skip(c0) {
             let (xa, xb) = (g.xe[col], g.xe[col + 1]);
@@ -381,11 +444,11 @@ pub(crate) fn raster(od: &mut [f32], g: &Grid, band_r0: usize, p: &Prim) {
                 (
                     c * x - s * y,
                     s * x + c * y,
-                    (c * fx).hypot(s * g.pv),
-                    (s * fx).hypot(c * g.pv),
+                    (c * fx).hypot(s * pv),
+                    (s * fx).hypot(c * pv),
                 )
             } else {
-                (x, y, fx, g.pv)
+                (x, y, fx, pv)
             };
             let (cov, f) = p.eval(lx, ly, lfx, lfy);
             if cov <= 0.0 || f <= 0.0 {
@@ -413,13 +476,7 @@ pub(crate) fn od_integral(prims: &[Prim], bbox: [f32; 4], step: f32) -> f32 {
     for i in 0..=nx {
         xe.push(bbox[0] + i as f32 * step);
     }
-    let g = Grid {
-        w: nx,
-        h: ny,
-        xe,
-        y_top: bbox[1] + ny as f32 * step,
-        pv: step,
-    };
+    let g = Grid::uniform(xe, ny, bbox[1] + ny as f32 * step, step);
     let mut od = vec![0.0f32; nx * ny];
     for p in prims {
         raster(&mut od, &g, 0, p);
@@ -578,13 +635,12 @@ mod tests {
     use super::*;
 
     fn uniform_grid(w: usize, h: usize, step: f32) -> Grid {
-        Grid {
-            w,
+        Grid::uniform(
+            (0..=w).map(|i| i as f32 * step).collect(),
             h,
-            xe: (0..=w).map(|i| i as f32 * step).collect(),
-            y_top: h as f32 * step,
-            pv: step,
-        }
+            h as f32 * step,
+            step,
+        )
     }
 
     #[test]

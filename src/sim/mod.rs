@@ -4,6 +4,11 @@
 //! Beer-Lambert transmission, scanner and speed models) and the drop files it writes; it
 //! must never ingest, judge or store scans, nor read the node's config: everything it needs
 //! comes in through [`SimOptions`] (and the clock, which [`Simulator::with_clock`] fixes).
+//!
+//! By default each site has its own fixed scanners (parallel-beam models). For domain
+//! randomisation, [`Simulator::next_drop_with`] and [`Simulator::next_transit_pair_with`]
+//! scan the same kind of truck with any of the named [`ScannerFamily`]s instead: fan-beam
+//! portals, gantries and mobiles that differ in geometry, response, noise, lag and defects.
 
 mod classes;
 mod geom;
@@ -27,6 +32,7 @@ use time::{Duration, OffsetDateTime};
 
 pub use classes::{goods_classes, redeclare, rename, GoodsClass};
 use goods::Goods;
+pub use scanner::ScannerFamily;
 use scanner::{make_grid, render, Pass, ScannerModel};
 use scene::{Scene, TamperKind};
 
@@ -215,6 +221,12 @@ pub(crate) struct PairInternals {
     pub tampered_entry_scene: Scene,
     pub entry_scanner: ScannerModel,
     pub entry_pass: Pass,
+    /// The entry load before and after tampering, neither settled, on the exit's vehicle:
+    /// what the exit scan would show had nothing else moved.
+    pub exit_untampered_scene: Scene,
+    pub exit_tampered_scene: Scene,
+    pub exit_scanner: ScannerModel,
+    pub exit_pass: Pass,
     pub scale: f32,
 }
 
@@ -228,6 +240,15 @@ pub struct Simulator {
     site_scanners: [ScannerModel; 2],
     /// The exit site's two lanes: a mobile scanner and a fine-pitch portal.
     exit_scanners: [ScannerModel; 2],
+}
+
+/// The scanner of `family` installed at `site` (the same detector defects whoever runs the
+/// simulator, and whatever its seed) and its pass, derived from the drawn `base` pass.
+fn family_scan(family: ScannerFamily, site: &str, base: &Pass) -> (ScannerModel, Pass) {
+    let id = format!("{site}-{}", family.code());
+    let sc = family.scanner(name_seed(&id));
+    let pass = family.pass(base.noise_seed ^ name_seed(family.name()), base.mirrored);
+    (sc, pass)
 }
 
 fn name_seed(s: &str) -> u64 {
@@ -279,6 +300,16 @@ impl Simulator {
 
     /// A single scan at this site: an import, export or transit-entry truck.
     pub fn next_drop(&mut self) -> SimDrop {
+        self.drop_core(None)
+    }
+
+    /// Like [`Simulator::next_drop`] (the same truck and declaration for the same seed), but
+    /// scanned by this site's scanner of `family`.
+    pub fn next_drop_with(&mut self, family: ScannerFamily) -> SimDrop {
+        self.drop_core(Some(family))
+    }
+
+    fn drop_core(&mut self, family: Option<ScannerFamily>) -> SimDrop {
         let mut r = SimRng::seed_from_u64(self.rng.random());
         let x: f32 = r.random();
         let mut regime = if x < 0.4 {
@@ -296,12 +327,16 @@ impl Simulator {
             "transit" => "entry",
             d => d,
         };
+        let site = self.opts.site_id.clone();
         let sc = self.site_scanners[usize::from(chance(&mut r, 0.3))].clone();
-        let mirrored = chance(&mut r, 0.3);
+        let mirrored = chance(&mut r, family.map_or(0.3, |f| f.mirror_p()));
         let pass = Pass::random(&mut r, mirrored);
+        let (sc, pass) = match family {
+            Some(f) => family_scan(f, &site, &pass),
+            None => (sc, pass),
+        };
         let when = self.now() - Duration::seconds(r.random_range(20..1800));
         let decl = declaration(&mut r, &scene, regime, &self.opts, when);
-        let site = self.opts.site_id.clone();
         self.drop_for(&scene, &sc, &pass, &site, when, direction, decl)
     }
 
@@ -311,16 +346,46 @@ impl Simulator {
         self.transit_pair_inner().0
     }
 
+    /// Like [`Simulator::next_transit_pair`] (the same load, tampering and ground truth
+    /// semantics), but scanned at entry by this site's scanner of family `entry` and at exit
+    /// by the exit site's scanner of family `exit`.
+    pub fn next_transit_pair_with(&mut self, entry: ScannerFamily, exit: ScannerFamily) -> SimPair {
+        self.transit_pair_core(Some((entry, exit))).0
+    }
+
     pub(crate) fn transit_pair_inner(&mut self) -> (SimPair, PairInternals) {
+        self.transit_pair_core(None)
+    }
+
+    pub(crate) fn transit_pair_core(
+        &mut self,
+        families: Option<(ScannerFamily, ScannerFamily)>,
+    ) -> (SimPair, PairInternals) {
         let mut r = SimRng::seed_from_u64(self.rng.random());
         let scale = self.scale();
         let entry_scene = scene::random_scene(&mut r, true, &mut self.next_tag);
         let entry_sc = self.site_scanners[usize::from(chance(&mut r, 0.3))].clone();
         let exit_sc = self.exit_scanners[usize::from(chance(&mut r, 0.5))].clone();
-        let mirrored = chance(&mut r, 0.3);
-        let entry_pass = Pass::random(&mut r, mirrored);
-        let flipped = chance(&mut r, 0.35);
-        let exit_pass = Pass::random(&mut r, entry_pass.mirrored != flipped);
+        let (entry_sc, exit_sc, entry_pass, exit_pass, flipped) = match families {
+            None => {
+                let mirrored = chance(&mut r, 0.3);
+                let entry_pass = Pass::random(&mut r, mirrored);
+                let flipped = chance(&mut r, 0.35);
+                let exit_pass = Pass::random(&mut r, entry_pass.mirrored != flipped);
+                (entry_sc, exit_sc, entry_pass, exit_pass, flipped)
+            }
+            Some((fe, fx)) => {
+                // The same draws as above, so the load and its tampering are the same for
+                // the same seed; each family then orients and drives its own passes.
+                let entry_mirrored = chance(&mut r, fe.mirror_p());
+                let entry_pass = Pass::random(&mut r, entry_mirrored);
+                let exit_mirrored = chance(&mut r, fx.mirror_p());
+                let exit_pass = Pass::random(&mut r, exit_mirrored);
+                let (esc, epass) = family_scan(fe, &self.opts.site_id, &entry_pass);
+                let (xsc, xpass) = family_scan(fx, &self.opts.exit_site, &exit_pass);
+                (esc, xsc, epass, xpass, entry_mirrored != exit_mirrored)
+            }
+        };
 
         // Tamper first (on the load as it was), then let everything settle on the road.
         let mut units = entry_scene.units.clone();
@@ -351,6 +416,14 @@ impl Simulator {
             scene::new_vehicle_for(&mut r, &entry_scene)
         } else {
             (entry_scene.vehicle.clone(), entry_scene.plate.clone())
+        };
+        let exit_untampered_scene = Scene {
+            vehicle: vehicle.clone(),
+            ..entry_scene.clone()
+        };
+        let exit_tampered_scene = Scene {
+            vehicle: vehicle.clone(),
+            ..tampered_entry_scene.clone()
         };
         let exit_scene = Scene {
             vehicle,
@@ -442,6 +515,10 @@ impl Simulator {
             tampered_entry_scene,
             entry_scanner: entry_sc,
             entry_pass,
+            exit_untampered_scene,
+            exit_tampered_scene,
+            exit_scanner: exit_sc,
+            exit_pass,
             scale,
         };
         (SimPair { entry, exit, truth }, internals)
