@@ -111,6 +111,7 @@ pub async fn ingest(
     };
     let (transit, _transit_rx) = crate::compare::transit::Transit::new(
         &cfg,
+        Default::default(),
         store.clone(),
         metrics.clone(),
         identity.clone(),

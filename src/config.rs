@@ -159,6 +159,7 @@ pub struct RawTransit {
     pub alert_score: Option<f64>,
     pub alert_min_area_m2: Option<f64>,
     pub min_alignment_quality: Option<f64>,
+    pub target_false_alarm_rate: Option<f64>,
 }
 
 /// Values given on the command line or in `RIAC_*` variables; they win over the file.
@@ -267,6 +268,9 @@ pub struct TransitConfig {
     /// How often awaiting exits are checked (entry arrived meanwhile? timed out?).
     pub sweep: Duration,
     pub thresholds: crate::compare::Thresholds,
+    /// Share of clean pairs a scanner pair's calibration lets through as `changed`
+    /// (`riac-node calibrate transit`).
+    pub target_false_alarm_rate: f64,
 }
 
 /// The operator UI's security settings (`[web]`).
@@ -563,6 +567,7 @@ fn transit_config(t: RawTransit) -> Result<TransitConfig, ConfigError> {
             0.0,
             1.0,
         )?,
+        calibrated: None,
     };
     if thresholds.alert_score < thresholds.refer_score {
         return Err(invalid(
@@ -584,6 +589,13 @@ fn transit_config(t: RawTransit) -> Result<TransitConfig, ConfigError> {
             86_400,
         )?),
         thresholds,
+        target_false_alarm_rate: ranged(
+            "transit.target_false_alarm_rate",
+            t.target_false_alarm_rate,
+            crate::compare::calibrate::DEFAULT_TARGET_FAR,
+            0.0001,
+            0.2,
+        )?,
     })
 }
 

@@ -59,6 +59,8 @@ pub enum NodeError {
     Uplink(#[from] uplink::UplinkError),
     #[error(transparent)]
     Tuning(#[from] tuning::TuningError),
+    #[error("transit calibration: {0}")]
+    Calibration(#[from] compare::calibrate::CalibrationError),
     #[error("cannot load the embedding model ([matching] in the config): {0}")]
     Matching(#[from] matching::MatchError),
 }
@@ -104,12 +106,22 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
             "removed evidence exports left by an interrupted download"
         );
     }
+    // A calibration file that does not validate stops the start: running on defaults
+    // while the site believes its scanners are calibrated would be worse.
+    let calibration = compare::calibrate::CalibrationSet::load(&cfg.data_dir)?;
+    if calibration.is_empty() {
+        tracing::warn!("no transit calibration (riac-node calibrate transit): every scanner pair uses the uncalibrated default thresholds");
+    } else {
+        let pairs: Vec<String> = calibration.pairs().map(|p| p.key()).collect();
+        tracing::info!(pairs = %pairs.join(", "), "transit calibration loaded");
+    }
     let db = cfg.db_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await
         .map_err(|_| StoreError::Closed)??;
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new();
+    metrics.set_transit_calibration(&calibration);
     let tracker = TaskTracker::new();
     let node_key = uplink::load_node_key(&cfg, &store).await?;
     let uplink = uplink::start(
@@ -158,6 +170,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     };
     let (transit, transit_rx) = compare::transit::Transit::new(
         &cfg,
+        calibration,
         store.clone(),
         metrics.clone(),
         identity.clone(),

@@ -110,6 +110,10 @@ enum Command {
         /// 2202.10), declared truthfully; not with --transit-pairs.
         #[arg(long)]
         goods: Option<String>,
+        /// Scanner families (`riac-node bench compare --help` lists them): one for single
+        /// scans, ENTRY,EXIT for --transit-pairs. Default: the demo site's scanners.
+        #[arg(long, value_delimiter = ',')]
+        families: Vec<String>,
     },
     /// Self-check for field engineers: config, directories, disk, database, clock, port,
     /// hot folder, model (checksum), broker (TCP, TLS, MQTT CONNECT). Exit 1 on a failure.
@@ -201,6 +205,15 @@ enum Command {
         /// Take the [transit] thresholds and image limits from this config file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Use this node data dir's scanner-pair calibration (without it: the uncalibrated
+        /// defaults).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Calibrate a check on this site's own scans (docs/COMMISSIONING.md).
+    Calibrate {
+        #[command(subcommand)]
+        what: CalibrateWhat,
     },
     /// Measure the node on this machine.
     Bench {
@@ -326,6 +339,58 @@ enum LibraryWhat {
 }
 
 #[derive(Subcommand)]
+enum CalibrateWhat {
+    /// Transit check: from drops of entry/exit pairs known to be unchanged, set each
+    /// scanner pair's refer/alert limits for the target false-alarm rate and store them in
+    /// the data dir.
+    Transit {
+        /// Folder of drops (sidecar JSON + image, the scan drop contract): transit entry
+        /// and exit scans of the same declarations, known to be unchanged.
+        pairs_dir: PathBuf,
+        /// The node's data dir; the calibration goes to <data_dir>/transit-calibration.json.
+        #[arg(long, env = "RIAC_DATA_DIR", default_value = riac_node::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Share of clean pairs allowed to be flagged (default: the config's
+        /// transit.target_false_alarm_rate, 0.01).
+        #[arg(long, value_parser = parse_far)]
+        target_far: Option<f64>,
+        /// Take the [transit] settings and image limits from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--families` names (comma-separated; `all` for every family).
+fn parse_families(names: &[String]) -> Result<Vec<riac_node::sim::ScannerFamily>> {
+    use riac_node::sim::ScannerFamily;
+    if names.iter().any(|f| f == "all") {
+        return Ok(ScannerFamily::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|f| {
+            f.parse::<ScannerFamily>()
+                .map_err(|e| anyhow::anyhow!("--families: {e}"))
+        })
+        .collect()
+}
+
+fn parse_far(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number; give a share such as 0.01"))?;
+    if v > 0.0 && v <= 0.2 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not in (0, 0.2]; give a share such as 0.01 (1%)"
+        ))
+    }
+}
+
+#[derive(Subcommand)]
 enum BenchWhat {
     /// What showing a 16-bit scan costs: server encoding and, with Chromium, the viewer.
     Viewer {
@@ -420,6 +485,19 @@ enum BenchWhat {
         /// Take the [transit] thresholds from this config file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Scanner families (comma-separated, `all` for every one; see
+        /// `riac_node::sim::ScannerFamily`): run the
+        /// cross-family protocol instead (each family entry once and exit once; each
+        /// scanner pair calibrated on its own clean pairs); --pairs is then per
+        /// combination.
+        #[arg(long, value_delimiter = ',')]
+        families: Vec<String>,
+        /// Clean pairs each scanner pair is calibrated on (with --families).
+        #[arg(long, default_value_t = 30)]
+        calibration_pairs: usize,
+        /// Target false-alarm rate of the calibration (with --families).
+        #[arg(long, default_value_t = 0.01, value_parser = parse_far)]
+        target_far: f64,
     },
 }
 
@@ -506,6 +584,7 @@ async fn main() -> Result<()> {
             format,
             resolution_scale,
             goods,
+            families,
         } => {
             let format = match format.as_str() {
                 "tiff" => SimImageFormat::Tiff,
@@ -541,7 +620,19 @@ async fn main() -> Result<()> {
                     bail!("--goods {code:?}: the simulator knows {}", known.join(", "));
                 }
             }
-            simulate(opts, out, post, token, count, transit_pairs, goods).await
+            let families = parse_families(&families)?;
+            let want = if transit_pairs { 2 } else { 1 };
+            if !families.is_empty() && (families.len() != want || goods.is_some()) {
+                bail!("--families: give one family for single scans, or ENTRY,EXIT with --transit-pairs (not with --goods)");
+            }
+            let kind = match (goods, families.as_slice(), transit_pairs) {
+                (Some(code), _, _) => SimKind::Goods(code),
+                (None, [e, x], true) => SimKind::FamilyPairs(*e, *x),
+                (None, _, true) => SimKind::Pairs,
+                (None, [f], false) => SimKind::Family(*f),
+                (None, _, false) => SimKind::Drops,
+            };
+            simulate(opts, out, post, token, count, kind).await
         }
         Command::User { data_dir, what } => {
             use riac_node::web::accounts::{cli, UserCommand};
@@ -658,8 +749,13 @@ async fn main() -> Result<()> {
             json,
             out,
             config,
+            data_dir,
         } => {
             let cfg = config_or_defaults(config.as_deref())?;
+            let calibration = match &data_dir {
+                Some(d) => Some(riac_node::compare::calibrate::CalibrationSet::load(d)?),
+                None => None,
+            };
             let text = tokio::task::spawn_blocking(move || {
                 riac_node::compare::cli::run(
                     &entry,
@@ -668,10 +764,37 @@ async fn main() -> Result<()> {
                     out.as_deref(),
                     &cfg.transit.thresholds,
                     &cfg.ingest.limits,
+                    calibration.as_ref(),
                 )
             })
             .await??;
             println!("{text}");
+            Ok(())
+        }
+        Command::Calibrate {
+            what:
+                CalibrateWhat::Transit {
+                    pairs_dir,
+                    data_dir,
+                    target_far,
+                    config,
+                    json,
+                },
+        } => {
+            let cfg = config_or_defaults(config.as_deref())?;
+            let far = target_far.unwrap_or(cfg.transit.target_false_alarm_rate);
+            let text = tokio::task::spawn_blocking(move || {
+                riac_node::compare::cli::calibrate_dir(
+                    &pairs_dir,
+                    &data_dir,
+                    &cfg.transit.thresholds,
+                    far,
+                    &cfg.ingest.limits,
+                    json,
+                )
+            })
+            .await??;
+            print!("{text}");
             Ok(())
         }
         Command::Bench { what } => match what {
@@ -757,6 +880,9 @@ async fn main() -> Result<()> {
                 dump,
                 verbose,
                 config,
+                families,
+                calibration_pairs,
+                target_far,
             } => {
                 if !(0.05..=2.0).contains(&scale) {
                     bail!("--scale {scale}: expected 0.05 to 2");
@@ -770,6 +896,29 @@ async fn main() -> Result<()> {
                     }
                 }
                 let cfg = config_or_defaults(config.as_deref())?;
+                if !families.is_empty() {
+                    let families = parse_families(&families)?;
+                    if families.len() < 2 {
+                        bail!("--families: give at least two families (entry and exit differ), or `all`");
+                    }
+                    let args = riac_node::compare::bench::FamilyArgs {
+                        families,
+                        pairs,
+                        calibration_pairs,
+                        seed,
+                        scale,
+                        tamper_rate,
+                        target_far,
+                        verbose,
+                    };
+                    let th = cfg.transit.thresholds.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        riac_node::compare::bench::run_families(&args, &th)
+                    })
+                    .await?;
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(());
+                }
                 let args = riac_node::compare::bench::BenchArgs {
                     pairs,
                     seed,
@@ -1241,14 +1390,22 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     Ok(())
 }
 
+/// What `simulate` writes.
+enum SimKind {
+    Drops,
+    Goods(String),
+    Pairs,
+    Family(riac_node::sim::ScannerFamily),
+    FamilyPairs(riac_node::sim::ScannerFamily, riac_node::sim::ScannerFamily),
+}
+
 async fn simulate(
     opts: SimOptions,
     out: Option<PathBuf>,
     post: Option<String>,
     token: Option<String>,
     count: usize,
-    pairs: bool,
-    goods: Option<String>,
+    kind: SimKind,
 ) -> Result<()> {
     if out.is_none() && post.is_none() {
         bail!("give --out DIR (write drops) or --post URL (send them to a node)");
@@ -1259,14 +1416,12 @@ async fn simulate(
     let client = reqwest::Client::new();
     let mut sim = Simulator::new(opts);
     for _ in 0..count {
-        let (single, pair) = tokio::task::block_in_place(|| {
-            if let Some(code) = &goods {
-                (sim.next_drop_of_class(code), None)
-            } else if pairs {
-                (None, Some(sim.next_transit_pair()))
-            } else {
-                (Some(sim.next_drop()), None)
-            }
+        let (single, pair) = tokio::task::block_in_place(|| match &kind {
+            SimKind::Goods(code) => (sim.next_drop_of_class(code), None),
+            SimKind::FamilyPairs(e, x) => (None, Some(sim.next_transit_pair_with(*e, *x))),
+            SimKind::Pairs => (None, Some(sim.next_transit_pair())),
+            SimKind::Family(f) => (Some(sim.next_drop_with(*f)), None),
+            SimKind::Drops => (Some(sim.next_drop()), None),
         });
         // The truth first, so it is in place before the exit drop can be picked up.
         if let (Some(dir), Some(pair)) = (&out, &pair) {

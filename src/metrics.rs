@@ -24,6 +24,16 @@ struct StageLabel {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CalibrationLabel {
+    calibration: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabel {
+    pair: String,
+}
+
 type StageHistograms = Family<StageLabel, Histogram, fn() -> Histogram>;
 
 /// Cheap to clone; every clone updates the same metrics.
@@ -44,6 +54,8 @@ struct Inner {
     stage_seconds: StageHistograms,
     uplink: crate::uplink::status::UplinkMetrics,
     retention: RetentionMetrics,
+    transit_comparisons: Family<CalibrationLabel, Counter>,
+    transit_limits: Family<PairLabel, Gauge<f64, AtomicU64>>,
 }
 
 /// `riac_retention_*` and `riac_disk_*`, set after each retention pass.
@@ -171,6 +183,18 @@ impl Metrics {
             "Unix time the node started",
             started.clone(),
         );
+        let transit_comparisons = Family::<CalibrationLabel, Counter>::default();
+        registry.register(
+            "transit_comparisons",
+            "Transit comparisons, by whether their scanner pair was calibrated",
+            transit_comparisons.clone(),
+        );
+        let transit_limits = Family::<PairLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "transit_calibration_refer_od_m2",
+            "Calibrated refer limit (OD x m2) of each calibrated scanner pair (entry->exit)",
+            transit_limits.clone(),
+        );
         let uplink = crate::uplink::status::UplinkMetrics::register(&mut registry);
         let retention = RetentionMetrics::register(&mut registry);
         started.set(
@@ -192,6 +216,8 @@ impl Metrics {
                 stage_seconds,
                 uplink,
                 retention,
+                transit_comparisons,
+                transit_limits,
             }),
         }
     }
@@ -225,6 +251,27 @@ impl Metrics {
             .stage_seconds
             .get_or_create(&StageLabel { stage })
             .observe(d.as_secs_f64());
+    }
+    pub fn count_transit_calibration(&self, calibrated: bool) {
+        let calibration = if calibrated {
+            "calibrated"
+        } else {
+            "uncalibrated"
+        };
+        self.inner
+            .transit_comparisons
+            .get_or_create(&CalibrationLabel { calibration })
+            .inc();
+    }
+    /// One gauge per calibrated scanner pair, set from the calibration in force.
+    pub fn set_transit_calibration(&self, set: &crate::compare::calibrate::CalibrationSet) {
+        self.inner.transit_limits.clear();
+        for p in set.pairs() {
+            self.inner
+                .transit_limits
+                .get_or_create(&PairLabel { pair: p.key() })
+                .set(p.refer_od_m2);
+        }
     }
     pub fn set_store_gauges(&self, outbox: i64, scans: i64) {
         self.inner.outbox_depth.set(outbox);

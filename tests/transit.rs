@@ -336,3 +336,162 @@ async fn entry_package_from_the_entry_site_is_paired_at_reduced_resolution() {
     assert_eq!(s, 410, "{body}");
     assert!(body.to_string().contains("removed by retention"), "{body}");
 }
+
+fn scanner_of(d: &riac_node::sim::SimDrop) -> String {
+    d.sidecar["scanner_id"].as_str().unwrap().to_string()
+}
+
+/// The next pairs of `sim` whose entry and exit scanners are `pair`, until `n` are found.
+fn pairs_of(sim: &mut Simulator, pair: (&str, &str), n: usize) -> Vec<SimPair> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let p = sim.next_transit_pair();
+        if scanner_of(&p.entry) == pair.0 && scanner_of(&p.exit) == pair.1 {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn riac(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_riac-node"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The calibration's mechanism end to end, on a scanner pair the comparison handles (the
+/// cross-family figures, where it does not yet, are `bench compare --families`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibrated_scanner_pair_flags_a_tampered_pair_clears_a_clean_one_and_survives_a_restart()
+{
+    let pair = ("KHI-P1", "TKM-M1");
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs");
+    std::fs::create_dir_all(&pairs).unwrap();
+    for p in pairs_of(&mut pair_sim(40, 0.0), pair, 12) {
+        p.write_to(&pairs).unwrap();
+    }
+    let data = dir.path().join("data");
+    let out = riac(&[
+        "calibrate".as_ref(),
+        "transit".as_ref(),
+        pairs.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "calibrate failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cal = &report["calibrated"][0];
+    assert_eq!(
+        report["calibrated"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(cal["entry_scanner"], pair.0, "{cal}");
+    assert_eq!(cal["exit_scanner"], pair.1, "{cal}");
+    let used = cal["pairs_used"].as_u64().unwrap() + cal["pairs_inconclusive"].as_u64().unwrap();
+    assert_eq!(used, 12, "{cal}");
+    let refer = cal["refer_od_m2"].as_f64().unwrap();
+    assert!(refer >= 0.02, "{cal}");
+    // Fewer than the recommended 30 pairs is said.
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("30 pairs are recommended"),
+        "{report}"
+    );
+
+    // A clearly tampered pair and a clean one of the same two scanners, from seeds the
+    // calibration never saw.
+    let mut tampered = pair_sim(41, 1.0);
+    let bad = loop {
+        let p = pairs_of(&mut tampered, pair, 1).remove(0);
+        let kind = p.truth.kind.as_deref().unwrap_or("");
+        if (kind == "removed" || kind == "added") && truth_area_m2(&p) >= 0.5 {
+            break p;
+        }
+    };
+    let good = pairs_of(&mut pair_sim(42, 0.0), pair, 1).remove(0);
+    let single = dir.path().join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    good.write_to(&single).unwrap();
+    let sidecar = |d: &riac_node::sim::SimDrop| single.join(format!("{}.json", d.scan_id));
+    let out = riac(&[
+        "compare".as_ref(),
+        sidecar(&good.entry).as_os_str(),
+        sidecar(&good.exit).as_os_str(),
+        "--json".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["calibration"]["limits"]["refer_od_m2"], refer, "{r}");
+    assert_eq!(r["status"], "unchanged", "{r}");
+
+    let mut node = TestNode::start(dir.path()).await;
+    let metrics = node.get_text("/metrics").await;
+    let gauge = format!(
+        "riac_transit_calibration_refer_od_m2{{pair=\"{}->{}\"}}",
+        pair.0, pair.1
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+    node.post_stored(&bad.entry).await;
+    node.post_stored(&bad.exit).await;
+    let v = wait_transit(&node, &bad.exit.scan_id, None).await["verdict"].clone();
+    assert_eq!(
+        v["transit"]["status"], "changed",
+        "{v} ({})",
+        bad.truth.notes
+    );
+    assert!(!v["reasons"].to_string().contains("not calibrated"), "{v}");
+    node.stop().await;
+
+    // After a restart the calibration is still in force.
+    let mut node = TestNode::start(dir.path()).await;
+    node.post_stored(&good.entry).await;
+    node.post_stored(&good.exit).await;
+    let v = wait_transit(&node, &good.exit.scan_id, None).await["verdict"].clone();
+    assert_eq!(v["transit"]["status"], "unchanged", "{v}");
+    assert!(!v["reasons"].to_string().contains("not calibrated"), "{v}");
+    // A scanner pair that was not calibrated says so in its verdict.
+    let other = pairs_of(&mut pair_sim(43, 0.0), ("KHI-P2", "TKM-P3"), 1).remove(0);
+    node.post_stored(&other.entry).await;
+    node.post_stored(&other.exit).await;
+    let v = wait_transit(&node, &other.exit.scan_id, None).await["verdict"].clone();
+    assert_eq!(v["transit"]["status"], "unchanged", "{v}");
+    assert!(
+        v["reasons"]
+            .to_string()
+            .contains("scanner pair KHI-P2->TKM-P3 is not calibrated"),
+        "{v}"
+    );
+    node.stop().await;
+
+    // A damaged calibration file stops the start with the file and the fix named.
+    let file = data.join("transit-calibration.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("\"refer_od_m2\": ", "\"refer_od_m2\": -", 1),
+    )
+    .unwrap();
+    let err = match riac_node::start(test_config(dir.path()), Default::default()).await {
+        Ok(_) => panic!("a node started on a damaged calibration file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("transit-calibration.json")
+            && err.contains("refer_od_m2")
+            && err.contains("calibrate transit"),
+        "{err}"
+    );
+}

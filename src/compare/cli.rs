@@ -12,10 +12,11 @@ use imageproc::drawing::draw_hollow_rect_mut;
 use imageproc::rect::Rect;
 use serde_json::json;
 
+use super::calibrate::{fit, pair_key, pair_statistic, CalibrationSet, RECOMMENDED_PAIRS};
 use super::{compare, Comparison, Input, Thresholds};
 use crate::imaging::{self, Gray16};
 use crate::ingest::decode::{self, DecodeLimits};
-use crate::scan::{PixelMeaning, ScanMeta, ValidationLimits};
+use crate::scan::{Direction, PixelMeaning, Regime, ScanMeta, ValidationLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -37,15 +38,14 @@ pub struct LoadedDrop {
     pub decode_ms: f64,
 }
 
-/// Reads a drop by its sidecar (validated against the contract; its age is not checked:
-/// analysts compare old scans too).
-pub fn load_drop(sidecar: &Path, limits: &DecodeLimits) -> Result<LoadedDrop, CliError> {
+/// Reads and validates a sidecar (its age is not checked: analysts compare old scans too).
+pub fn load_meta(sidecar: &Path) -> Result<ScanMeta, CliError> {
     let bytes = std::fs::read(sidecar).map_err(|source| CliError::Read {
         path: sidecar.to_path_buf(),
         source,
     })?;
     let forever = Duration::from_secs(100 * 365 * 86_400);
-    let meta = ScanMeta::from_json(
+    ScanMeta::from_json(
         &bytes,
         &ValidationLimits {
             max_future: forever,
@@ -56,7 +56,12 @@ pub fn load_drop(sidecar: &Path, limits: &DecodeLimits) -> Result<LoadedDrop, Cl
     .map_err(|e| CliError::Drop {
         path: sidecar.to_path_buf(),
         message: format!("not a valid riac.scan/1 sidecar: {e}"),
-    })?;
+    })
+}
+
+/// Reads a drop by its sidecar (see [`load_meta`]) and decodes its image.
+pub fn load_drop(sidecar: &Path, limits: &DecodeLimits) -> Result<LoadedDrop, CliError> {
+    let meta = load_meta(sidecar)?;
     let dir = sidecar.parent().unwrap_or(Path::new("."));
     let path = dir.join(&meta.image.file);
     let format = decode::format_from_extension(&meta.image.file).ok_or_else(|| CliError::Drop {
@@ -211,9 +216,15 @@ pub fn run(
     out: Option<&Path>,
     th: &Thresholds,
     limits: &DecodeLimits,
+    calibration: Option<&CalibrationSet>,
 ) -> Result<String, CliError> {
     let e = load_drop(entry_sidecar, limits)?;
     let x = load_drop(exit_sidecar, limits)?;
+    let mut th = th.clone();
+    th.calibrated = calibration
+        .and_then(|set| set.get(&e.meta.scanner_id, &x.meta.scanner_id))
+        .map(|p| p.limits());
+    let th = &th;
     let c = compare(
         Input {
             image: &e.image,
@@ -260,10 +271,213 @@ pub fn run(
             })?;
         write_png(&dir.join("overview.png"), &ov)?;
     }
-    let report = report_json(&c, &e.meta, &x.meta, e.decode_ms + x.decode_ms);
+    let mut report = report_json(&c, &e.meta, &x.meta, e.decode_ms + x.decode_ms);
+    let pair = pair_key(&e.meta.scanner_id, &x.meta.scanner_id);
+    let calibration_note = match (&th.calibrated, calibration) {
+        (Some(l), _) => format!(
+            "scanner pair {pair}: calibrated (refer at {} OD·m², alert at {} OD·m²)",
+            l.refer_od_m2, l.alert_od_m2
+        ),
+        (None, Some(_)) => format!(
+            "scanner pair {pair}: not calibrated in this data dir; uncalibrated default thresholds"
+        ),
+        (None, None) => "no --data-dir: uncalibrated default thresholds".to_string(),
+    };
+    report["calibration"] = json!({
+        "pair": pair,
+        "limits": th.calibrated,
+        "note": calibration_note,
+    });
     Ok(if as_json {
         serde_json::to_string_pretty(&report).expect("a JSON value serialises")
     } else {
-        human(&c, &e.meta, &x.meta)
+        format!("{}{calibration_note}\n", human(&c, &e.meta, &x.meta))
     })
+}
+
+/// One entry/exit pair found in a folder of drops.
+struct DropPair {
+    entry: PathBuf,
+    exit: PathBuf,
+    entry_scanner: String,
+    exit_scanner: String,
+}
+
+/// Pairs the drops of `dir` as the daemon pairs them: each transit exit with the latest
+/// entry scan of the same declaration that shares a container id with it. Returns the
+/// pairs and what could not be used, each with the reason.
+fn pair_drops(dir: &Path) -> Result<(Vec<DropPair>, Vec<String>), CliError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| CliError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut sidecars: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    sidecars.sort();
+    let mut skipped = Vec::new();
+    let mut metas = Vec::new();
+    for p in sidecars {
+        match load_meta(&p) {
+            Ok(m) => metas.push((p, m)),
+            Err(e) => skipped.push(format!("{}: skipped: {e}", p.display())),
+        }
+    }
+    let shares = |a: &ScanMeta, b: &ScanMeta| {
+        a.container_ids
+            .iter()
+            .any(|c| b.container_ids.iter().any(|d| d == c))
+    };
+    let mut pairs = Vec::new();
+    for (xp, x) in metas
+        .iter()
+        .filter(|(_, m)| m.direction == Direction::Exit && m.declaration.regime == Regime::Transit)
+    {
+        let entry = metas
+            .iter()
+            .filter(|(_, m)| {
+                m.direction == Direction::Entry
+                    && m.declaration.regime == Regime::Transit
+                    && m.declaration.number == x.declaration.number
+                    && shares(m, x)
+            })
+            .max_by_key(|(_, m)| m.scanned_at);
+        match entry {
+            Some((ep, e)) => pairs.push(DropPair {
+                entry: ep.clone(),
+                exit: xp.clone(),
+                entry_scanner: e.scanner_id.clone(),
+                exit_scanner: x.scanner_id.clone(),
+            }),
+            None => skipped.push(format!(
+                "{}: exit scan of declaration {} has no entry scan in the folder",
+                xp.display(),
+                x.declaration.number
+            )),
+        }
+    }
+    Ok((pairs, skipped))
+}
+
+/// `riac-node calibrate transit PAIRS_DIR --data-dir D`: compares every entry/exit pair of
+/// known-unchanged drops in `dir`, fits each scanner pair's limits for `target_far`, and
+/// stores them in `data_dir` (other scanner pairs' calibrations are kept). Returns what to
+/// print. A scanner pair with too few comparable pairs is reported and left as it was.
+pub fn calibrate_dir(
+    dir: &Path,
+    data_dir: &Path,
+    th: &Thresholds,
+    target_far: f64,
+    limits: &DecodeLimits,
+    as_json: bool,
+) -> Result<String, CliError> {
+    let invalid = |message: String| CliError::Drop {
+        path: dir.to_path_buf(),
+        message,
+    };
+    // Refuse a bad existing file before spending minutes on comparisons.
+    let mut set = CalibrationSet::load(data_dir).map_err(|e| invalid(e.to_string()))?;
+    let (pairs, mut notes) = pair_drops(dir)?;
+    if pairs.is_empty() {
+        return Err(invalid(format!(
+            "no entry/exit pair found: the folder must hold the drops (sidecar JSON + image) of transit entry and exit scans known to be unchanged, with matching declaration numbers and container ids ({} files skipped)",
+            notes.len()
+        )));
+    }
+    let mut groups: std::collections::BTreeMap<(String, String), (Vec<f64>, usize)> =
+        Default::default();
+    let mut th = th.clone();
+    th.calibrated = None;
+    for p in &pairs {
+        let e = load_drop(&p.entry, limits)?;
+        let x = load_drop(&p.exit, limits)?;
+        let c = compare(
+            Input {
+                image: &e.image,
+                pixel_mm: e.meta.image.pixel_mm,
+                cab_side: e.meta.image.cab_side,
+            },
+            Input {
+                image: &x.image,
+                pixel_mm: x.meta.image.pixel_mm,
+                cab_side: x.meta.image.cab_side,
+            },
+            &th,
+            false,
+        );
+        let g = groups
+            .entry((p.entry_scanner.clone(), p.exit_scanner.clone()))
+            .or_default();
+        match pair_statistic(&c, &th) {
+            Some(s) => g.0.push(s),
+            None => {
+                g.1 += 1;
+                notes.push(format!(
+                    "{}: not comparable, not used: {}",
+                    p.exit.display(),
+                    c.reason.as_deref().unwrap_or("inconclusive")
+                ));
+            }
+        }
+    }
+    let mut fitted = Vec::new();
+    for ((es, xs), (samples, inconclusive)) in &groups {
+        match fit(es, xs, samples, *inconclusive, target_far, "commissioning") {
+            Ok(p) => {
+                if p.pairs_used < RECOMMENDED_PAIRS {
+                    notes.push(format!(
+                        "scanner pair {}: only {} pairs; the limit is set conservatively high, and {RECOMMENDED_PAIRS} pairs are recommended",
+                        p.key(),
+                        p.pairs_used
+                    ));
+                }
+                fitted.push(p);
+            }
+            Err(e) => notes.push(format!("{e}; its calibration is left as it was")),
+        }
+    }
+    if fitted.is_empty() {
+        return Err(invalid(format!(
+            "no scanner pair could be calibrated: {}",
+            notes.join("; ")
+        )));
+    }
+    for p in &fitted {
+        set.insert(p.clone());
+    }
+    set.save(data_dir).map_err(|e| CliError::Write {
+        path: data_dir.join(super::calibrate::CALIBRATION_FILE),
+        message: e.to_string(),
+    })?;
+    if as_json {
+        let v = json!({
+            "file": data_dir.join(super::calibrate::CALIBRATION_FILE),
+            "calibrated": fitted,
+            "notes": notes,
+        });
+        return Ok(serde_json::to_string_pretty(&v).expect("a JSON value serialises"));
+    }
+    let mut s = String::new();
+    for p in &fitted {
+        s += &format!(
+            "scanner pair {}: {} clean pairs used ({} not comparable); refer at {} OD·m², alert at {} OD·m²; target false-alarm rate {}, fitted rate at the limit {:.4}; largest clean value {} OD·m²\n",
+            p.key(),
+            p.pairs_used,
+            p.pairs_inconclusive,
+            p.refer_od_m2,
+            p.alert_od_m2,
+            p.target_false_alarm_rate,
+            p.null.expected_false_alarm_rate,
+            p.null.max_observed_od_m2
+        );
+    }
+    for n in &notes {
+        s += &format!("note: {n}\n");
+    }
+    s += &format!(
+        "saved in {}; a running node reads it at its next start\n",
+        data_dir.join(super::calibrate::CALIBRATION_FILE).display()
+    );
+    Ok(s)
 }

@@ -11,6 +11,7 @@
 //! a pair it cannot align is `Inconclusive` with the reason.
 
 pub mod bench;
+pub mod calibrate;
 pub mod cli;
 pub mod diff;
 pub mod dtw;
@@ -58,6 +59,29 @@ pub struct Thresholds {
     pub alert_min_area_m2: f64,
     /// Below this alignment quality the pair is inconclusive (refer), not compared.
     pub min_alignment_quality: f64,
+    /// This scanner pair's calibrated evidence limits, which replace `refer_score` and
+    /// `alert_score` (see [`calibrate`]); `None`: uncalibrated defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<calibrate::CalibratedLimits>,
+}
+
+impl Thresholds {
+    /// Whether a region is a change to report.
+    pub fn refers(&self, r: &Region) -> bool {
+        match &self.calibrated {
+            Some(c) => r.evidence_od_m2 >= c.refer_od_m2,
+            None => r.score >= self.refer_score,
+        }
+    }
+
+    /// Whether a reported region is strong enough for an alert (its area is checked by the
+    /// caller against `alert_min_area_m2`).
+    pub fn alerts(&self, r: &Region) -> bool {
+        match &self.calibrated {
+            Some(c) => r.evidence_od_m2 >= c.alert_od_m2,
+            None => r.score >= self.alert_score,
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -68,6 +92,7 @@ impl Default for Thresholds {
             alert_score: 0.9,
             alert_min_area_m2: 0.25,
             min_alignment_quality: 0.5,
+            calibrated: None,
         }
     }
 }
@@ -126,6 +151,9 @@ pub struct Region {
     /// Area of the changed pixels (m²); `None` when the entry's pixel size is unknown.
     pub area_m2: Option<f64>,
     pub score: f64,
+    /// The change integrated over the region (optical depth x m²): what a scanner pair's
+    /// calibration sets its limits on. `score` is a saturating function of it.
+    pub evidence_od_m2: f64,
     /// "removed" (the entry held more), "added" (the exit holds more) or "mixed".
     pub kind: &'static str,
     /// Mean attenuation change over the region (optical depth, entry minus exit).
@@ -382,6 +410,7 @@ pub fn compare(
                 y1: ((b.y1 as u32 + oy) * ky).min(pe.src_h as u32),
                 area_m2: pe.mm_known.then_some(round3(area)),
                 score: round3(score),
+                evidence_od_m2: (integrated * 1e5).round() / 1e5,
                 kind,
                 mean_delta: round3(b.mean_signed),
                 mean_z: round3(b.sum_z / b.pixels.max(1) as f64),
@@ -396,7 +425,7 @@ pub fn compare(
         })
     };
     let candidates = regions.clone();
-    regions.retain(|r| r.score >= th.refer_score && area_of(r) >= th.min_region_m2);
+    regions.retain(|r| th.refers(r) && area_of(r) >= th.min_region_m2);
 
     let outputs = with_outputs.then(|| {
         let t = Instant::now();

@@ -164,11 +164,38 @@ fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<Vertical
     let (score, a, b) = best;
     let entry_m = (se.floor - se.roof) as f64 * e.mm[1] / 1000.0;
     let exit_m = (sx.floor - sx.roof) as f64 * x.mm[1] / 1000.0;
-    if score < 0.5 {
-        return Err(AlignError::Height { entry_m, exit_m });
+    if score >= 0.5 {
+        return Ok(VerticalMap { a, b });
     }
-    Ok(VerticalMap { a, b })
+    // Two scanners whose rows do not map linearly onto each other (an L-shaped detector's
+    // boom, a source at another height: the carrier's inside projects differently) leave
+    // no profile that matches at one scale. The carrier's roof and floor are the same
+    // steel in both scans, so they still anchor a map; the refinement and the alignment
+    // quality on the carrier's shell then decide whether the pair can be compared.
+    let (he, hx) = ((se.floor - se.roof) as f64, (sx.floor - sx.roof) as f64);
+    if he > 0.0 && hx > 0.0 {
+        let a = hx / he;
+        let plausible = if e.mm_known && x.mm_known {
+            let r = e.mm[1] / x.mm[1];
+            (r * ANCHOR_SCALE_RANGE.0..=r * ANCHOR_SCALE_RANGE.1).contains(&a)
+        } else {
+            (0.6..=1.7).contains(&a)
+        };
+        if plausible {
+            return Ok(VerticalMap {
+                a,
+                b: sx.roof as f64 - a * se.roof as f64,
+            });
+        }
+    }
+    Err(AlignError::Height { entry_m, exit_m })
 }
+
+/// How far the roof-to-floor scale of two scans may stray from the ratio of their
+/// sidecars' pitches: the pitch is given at the lane's centre line, and a fan beam
+/// magnifies a carrier by the ratio of the source distances, which a truck 0.5 m off the
+/// centre line and two scanners' source heights change by up to about a quarter.
+const ANCHOR_SCALE_RANGE: (f64, f64) = (0.75, 1.33);
 
 /// Per-column means of `p` over `BANDS` bands between rows `r0` and `r1` (fractional,
 /// already in this scan's rows), for every column.

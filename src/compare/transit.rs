@@ -21,6 +21,7 @@ use rusqlite::Transaction;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::calibrate::CalibrationSet;
 use super::{compare, Comparison, Input, Status, Thresholds};
 use crate::config::{Config, TransitConfig};
 use crate::imaging::{self, Gray16};
@@ -163,8 +164,7 @@ pub fn from_comparison(c: &Comparison, entry: &str, th: &Thresholds) -> TransitC
         },
         Status::Changed => {
             let alert = c.regions.iter().any(|r| {
-                r.score >= th.alert_score
-                    && r.area_m2.unwrap_or(th.alert_min_area_m2) >= th.alert_min_area_m2
+                th.alerts(r) && r.area_m2.unwrap_or(th.alert_min_area_m2) >= th.alert_min_area_m2
             });
             let top = &c.regions[0];
             let area = top
@@ -264,6 +264,9 @@ struct Inner {
     // A std RwLock: read to copy, written by the centre's `cmd/thresholds`; never held
     // across an await.
     cfg: std::sync::RwLock<TransitConfig>,
+    /// Per scanner-pair limits (`<data_dir>/transit-calibration.json`, loaded at start);
+    /// same locking rule as `cfg`.
+    calibration: std::sync::RwLock<CalibrationSet>,
     metrics: Metrics,
     identity: NodeIdentity,
     signer: Option<Arc<dyn VerdictSigner>>,
@@ -278,6 +281,7 @@ impl Transit {
     /// The service and the receiver its [`Transit::run`] task consumes.
     pub fn new(
         cfg: &Config,
+        calibration: CalibrationSet,
         store: Store,
         metrics: Metrics,
         identity: NodeIdentity,
@@ -291,6 +295,7 @@ impl Transit {
                     store,
                     data_dir: cfg.data_dir.clone(),
                     cfg: std::sync::RwLock::new(cfg.transit.clone()),
+                    calibration: std::sync::RwLock::new(calibration),
                     metrics,
                     identity,
                     signer,
@@ -337,6 +342,15 @@ impl Transit {
         *self.inner.cfg.write().expect("transit config lock") = cfg;
     }
 
+    /// The scanner-pair calibration in force.
+    pub fn calibration(&self) -> CalibrationSet {
+        self.inner
+            .calibration
+            .read()
+            .expect("transit calibration lock")
+            .clone()
+    }
+
     /// The transit part of an exit scan's verdict: pairs, compares, stores the images.
     pub async fn check_exit(&self, exit: &ScanRecord) -> Result<TransitCheck, StoreError> {
         let (decl, containers) = (exit.declaration_number.clone(), exit.container_ids.clone());
@@ -370,7 +384,27 @@ impl Transit {
         let exit_dir = inner.data_dir.join(&exit.image_dir);
         let exit_path = exit_dir.join(CANONICAL_IMAGE);
         let exit_mm = pixel_mm(exit.sidecar.as_ref());
-        let th = self.config().thresholds;
+        let entry_scanner = match &src {
+            EntrySource::Local(s) => s.scanner_id.clone(),
+            EntrySource::Package(p) => p
+                .package
+                .sidecar
+                .get("scanner_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+        };
+        let mut th = self.config().thresholds;
+        th.calibrated = self
+            .inner
+            .calibration
+            .read()
+            .expect("transit calibration lock")
+            .get(&entry_scanner, &exit.scanner_id)
+            .map(|c| c.limits());
+        let calibrated = th.calibrated.is_some();
+        inner.metrics.count_transit_calibration(calibrated);
+        let pair = super::calibrate::pair_key(&entry_scanner, &exit.scanner_id);
         let th_decide = th.clone();
         let Ok(_permit) = inner.cpu.acquire().await else {
             return inconclusive(&entry_id, "the node is shutting down".into());
@@ -423,7 +457,13 @@ impl Transit {
                     ms = c.timings.total_ms,
                     "transit comparison done"
                 );
-                from_comparison(&c, &entry_id, &th_decide)
+                let mut check = from_comparison(&c, &entry_id, &th_decide);
+                if c.status != Status::Inconclusive && !calibrated {
+                    check.reasons.push(format!(
+                        "transit: scanner pair {pair} is not calibrated, so the uncalibrated default thresholds decided; its false-alarm rate is unknown (docs/COMMISSIONING.md)"
+                    ));
+                }
+                check
             }
             Ok(Err(e)) => {
                 tracing::error!(exit = %exit.scan_id, entry = %entry_id, error = %e, "transit comparison could not run");
@@ -673,6 +713,7 @@ mod tests {
             y1: 40,
             area_m2: Some(area),
             score,
+            evidence_od_m2: -0.05 * (1.0 - score).ln(),
             kind: "added",
             mean_delta: -0.4,
             mean_z: 20.0,
@@ -715,6 +756,29 @@ mod tests {
             &th,
         );
         assert_eq!(c.outcome, Outcome::Refer);
+
+        // A calibrated scanner pair decides on evidence: the same region alerts under a
+        // quiet pair's limits and only refers under a noisy pair's.
+        let strong = region(0.95, 0.6);
+        let quiet = Thresholds {
+            calibrated: Some(crate::compare::calibrate::CalibratedLimits {
+                pair: "A->B".into(),
+                refer_od_m2: 0.05,
+                alert_od_m2: 0.1,
+            }),
+            ..Thresholds::default()
+        };
+        let noisy = Thresholds {
+            calibrated: Some(crate::compare::calibrate::CalibratedLimits {
+                pair: "A->C".into(),
+                refer_od_m2: 0.05,
+                alert_od_m2: 0.5,
+            }),
+            ..Thresholds::default()
+        };
+        let c = comparison(Status::Changed, vec![strong]);
+        assert_eq!(from_comparison(&c, "E1", &quiet).outcome, Outcome::Alert);
+        assert_eq!(from_comparison(&c, "E1", &noisy).outcome, Outcome::Refer);
 
         let c = from_comparison(&comparison(Status::Inconclusive, vec![]), "E1", &th);
         assert_eq!(
