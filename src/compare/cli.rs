@@ -38,6 +38,17 @@ pub struct LoadedDrop {
     pub decode_ms: f64,
 }
 
+impl LoadedDrop {
+    /// The drop as the comparison takes it.
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            image: &self.image,
+            pixel_mm: self.meta.image.pixel_mm,
+            cab_side: self.meta.image.cab_side,
+        }
+    }
+}
+
 /// Reads and validates a sidecar (its age is not checked: analysts compare old scans too).
 pub fn load_meta(sidecar: &Path) -> Result<ScanMeta, CliError> {
     let bytes = std::fs::read(sidecar).map_err(|source| CliError::Read {
@@ -225,20 +236,7 @@ pub fn run(
         .and_then(|set| set.get(&e.meta.scanner_id, &x.meta.scanner_id))
         .map(|p| p.limits());
     let th = &th;
-    let c = compare(
-        Input {
-            image: &e.image,
-            pixel_mm: e.meta.image.pixel_mm,
-            cab_side: e.meta.image.cab_side,
-        },
-        Input {
-            image: &x.image,
-            pixel_mm: x.meta.image.pixel_mm,
-            cab_side: x.meta.image.cab_side,
-        },
-        th,
-        out.is_some(),
-    );
+    let c = compare(e.input(), x.input(), th, out.is_some());
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Write {
             path: dir.to_path_buf(),
@@ -392,20 +390,7 @@ pub fn calibrate_dir(
     for p in &pairs {
         let e = load_drop(&p.entry, limits)?;
         let x = load_drop(&p.exit, limits)?;
-        let c = compare(
-            Input {
-                image: &e.image,
-                pixel_mm: e.meta.image.pixel_mm,
-                cab_side: e.meta.image.cab_side,
-            },
-            Input {
-                image: &x.image,
-                pixel_mm: x.meta.image.pixel_mm,
-                cab_side: x.meta.image.cab_side,
-            },
-            &th,
-            false,
-        );
+        let c = compare(e.input(), x.input(), &th, false);
         let g = groups
             .entry((p.entry_scanner.clone(), p.exit_scanner.clone()))
             .or_default();
