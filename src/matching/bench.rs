@@ -124,6 +124,7 @@ struct Kept {
     false_declared: bool,
     codes: Vec<String>,
     fill: Option<f64>,
+    basis: super::check::FillBasis,
     tiles: usize,
     scores: Vec<(String, String, f32)>,
 }
@@ -142,6 +143,7 @@ fn sweep(kept: &[Kept], base: &CheckParams) -> Vec<OperatingPoint> {
                 let e = super::check::Evidence {
                     declared: &k.codes,
                     fill: k.fill,
+                    basis: k.basis,
                     tiles: k.tiles,
                     scores: k
                         .scores
@@ -439,11 +441,8 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
                 kept.push(Kept {
                     false_declared: declared.is_some(),
                     codes: codes.clone(),
-                    fill: r
-                        .embedded
-                        .prepared
-                        .band
-                        .map(|_| f64::from(r.embedded.prepared.fill)),
+                    fill: r.empty.fill,
+                    basis: r.empty.basis(),
                     tiles: r.embedded.prepared.tile_count(),
                     scores: m2
                         .index()?

@@ -72,18 +72,38 @@ pub struct Contribution {
     pub model: Option<ModelRef>,
 }
 
+/// What the fill of the cargo space was measured against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FillBasis {
+    /// The load carriers' own walls in the same image ([`super::empty::measure`]): the fill
+    /// is the share of their inside holding more than the walls. `excess` is the mean matter
+    /// above the walls over the inside, in units of the walls' own; `walls_seen` is false
+    /// when even the clearest part of the inside is denser than any container wall.
+    OwnWalls { excess: f64, walls_seen: bool },
+    /// No carrier with walls (flatbed, tanker, bulk): the share of a geometric band above a
+    /// fixed attenuation, which is not comparable between scanners. Never a confident
+    /// claim: the check refers instead of alerting on it.
+    FixedLevel,
+}
+
 /// The inputs of the decision for one scan.
 #[derive(Debug, Clone)]
 pub struct Evidence<'a> {
     pub declared: &'a [String],
-    /// `None`: no cargo space was found in the image.
+    /// Share of the cargo space holding goods (0..1). `None`: no cargo space was found.
     pub fill: Option<f64>,
+    pub basis: FillBasis,
     pub tiles: usize,
     /// Per reference: (reference_id, hs_code, score), any order.
     pub scores: Vec<(&'a str, &'a str, f32)>,
 }
 
-fn empty_check(declared_empty: bool, fill: Option<f64>, p: &CheckParams) -> EmptyCheck {
+fn empty_check(
+    declared_empty: bool,
+    fill: Option<f64>,
+    basis: FillBasis,
+    p: &CheckParams,
+) -> EmptyCheck {
     let Some(f) = fill else {
         return EmptyCheck {
             status: EmptyStatus::NotRun,
@@ -93,39 +113,95 @@ fn empty_check(declared_empty: bool, fill: Option<f64>, p: &CheckParams) -> Empt
         };
     };
     let pct = f * 100.0;
-    let (status, reason) = if declared_empty {
-        if f >= p.loaded_fill_min {
-            (
-                EmptyStatus::LoadedButDeclaredEmpty,
-                format!("declared empty, but {pct:.0}% of the cargo space holds goods"),
-            )
-        } else if f <= p.empty_fill_max {
-            (
-                EmptyStatus::Consistent,
-                format!("declared empty and empty ({pct:.1}% fill)"),
-            )
-        } else {
-            (
-                EmptyStatus::Unclear,
-                format!("declared empty; {pct:.0}% of the cargo space holds something: look"),
-            )
+    let (status, reason) = match basis {
+        FillBasis::OwnWalls { excess, walls_seen } => {
+            own_walls(declared_empty, f, excess, walls_seen, p)
         }
-    } else if f <= p.empty_fill_max {
-        (
-            EmptyStatus::EmptyButDeclaredLoaded,
-            format!("goods declared, but the cargo space is empty ({pct:.1}% fill)"),
-        )
-    } else {
-        (
-            EmptyStatus::Consistent,
-            format!("goods declared and {pct:.0}% of the cargo space holds goods"),
-        )
+        FillBasis::FixedLevel => {
+            let what =
+                "no container or box body was found to measure against (flatbed, tanker or bulk?)";
+            if declared_empty && f <= p.empty_fill_max {
+                (
+                    EmptyStatus::Consistent,
+                    format!("declared empty and nothing dense seen; {what}: {pct:.1}% of the load area is denser than a fixed level"),
+                )
+            } else if declared_empty {
+                (
+                    EmptyStatus::Unclear,
+                    format!("declared empty, but {pct:.0}% of the load area is denser than a fixed level; {what}, so this is not a measurement against walls: look"),
+                )
+            } else if f <= p.empty_fill_max {
+                (
+                    EmptyStatus::Unclear,
+                    format!("goods declared, but only {pct:.1}% of the load area is denser than a fixed level; {what}: look"),
+                )
+            } else {
+                (
+                    EmptyStatus::Consistent,
+                    format!("goods declared and {pct:.0}% of the load area is denser than a fixed level ({what})"),
+                )
+            }
+        }
     };
     EmptyCheck {
         status,
         declared_empty,
         fill: Some((f * 10_000.0).round() / 10_000.0),
         reason: Some(reason),
+    }
+}
+
+/// The empty check against the container's own walls.
+fn own_walls(
+    declared_empty: bool,
+    f: f64,
+    excess: f64,
+    walls_seen: bool,
+    p: &CheckParams,
+) -> (EmptyStatus, String) {
+    let pct = f * 100.0;
+    let than = if walls_seen {
+        "more than the container's own walls"
+    } else {
+        "more than any container wall (no part of it is as clear as an empty container)"
+    };
+    // Few dense pixels but much matter in all: a compact heavy object is not an empty box.
+    let heavy = excess >= super::empty::EXCESS_EMPTY_MAX;
+    let looks_empty = f <= p.empty_fill_max && !heavy;
+    if declared_empty {
+        if f >= p.loaded_fill_min {
+            (
+                EmptyStatus::LoadedButDeclaredEmpty,
+                format!("declared empty, but {pct:.0}% of the cargo space holds {than}"),
+            )
+        } else if looks_empty {
+            (
+                EmptyStatus::Consistent,
+                format!("declared empty and empty: {pct:.1}% of the cargo space holds {than}"),
+            )
+        } else if heavy && f <= p.empty_fill_max {
+            (
+                EmptyStatus::Unclear,
+                format!(
+                    "declared empty; only {pct:.1}% of the cargo space holds {than}, but what is there weighs about {excess:.1} times the side walls: look"
+                ),
+            )
+        } else {
+            (
+                EmptyStatus::Unclear,
+                format!("declared empty; {pct:.0}% of the cargo space holds {than}: look"),
+            )
+        }
+    } else if looks_empty {
+        (
+            EmptyStatus::EmptyButDeclaredLoaded,
+            format!("goods declared, but the cargo space is empty: {pct:.1}% of it holds {than}"),
+        )
+    } else {
+        (
+            EmptyStatus::Consistent,
+            format!("goods declared and {pct:.0}% of the cargo space holds {than}"),
+        )
     }
 }
 
@@ -136,7 +212,7 @@ fn round4(x: f64) -> f64 {
 /// Decides the manifest and empty checks from the evidence.
 pub fn decide(e: &Evidence<'_>, p: &CheckParams) -> Contribution {
     let declared_empty = declares_empty(e.declared);
-    let empty = empty_check(declared_empty, e.fill, p);
+    let empty = empty_check(declared_empty, e.fill, e.basis, p);
     let mut ranked: Vec<&(&str, &str, f32)> = e.scores.iter().collect();
     ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(b.0)));
     let top_matches: Vec<ManifestMatch> = if e.tiles >= p.min_tiles {
@@ -350,6 +426,10 @@ mod tests {
         Evidence {
             declared,
             fill: Some(fill),
+            basis: FillBasis::OwnWalls {
+                excess: fill * 10.0,
+                walls_seen: true,
+            },
             tiles: 20,
             scores,
         }
@@ -437,5 +517,81 @@ mod tests {
             c.manifest.empty.as_ref().unwrap().status,
             EmptyStatus::EmptyButDeclaredLoaded
         );
+    }
+
+    fn with_basis<'a>(declared: &'a [String], fill: f64, basis: FillBasis) -> Evidence<'a> {
+        Evidence {
+            declared,
+            fill: Some(fill),
+            basis,
+            tiles: 0,
+            scores: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_fixed_level_fill_refers_and_never_alerts() {
+        let p = CheckParams::default();
+        let empty = vec!["8609.00".to_string()];
+        let c = decide(&with_basis(&empty, 0.25, FillBasis::FixedLevel), &p);
+        assert_eq!(c.outcome, Outcome::Refer);
+        assert_eq!(c.manifest.status, ManifestStatus::Unknown);
+        assert_eq!(c.manifest.confidence, None);
+        let e = c.manifest.empty.unwrap();
+        assert_eq!(e.status, EmptyStatus::Unclear);
+        assert!(e.reason.unwrap().contains("fixed level"));
+        let c = decide(&with_basis(&empty, 0.01, FillBasis::FixedLevel), &p);
+        assert_eq!(c.outcome, Outcome::Clear);
+
+        // Goods declared, nothing dense in the band: not an alert either.
+        let rice = vec!["1006.30".to_string()];
+        let c = decide(&with_basis(&rice, 0.0, FillBasis::FixedLevel), &p);
+        assert_ne!(c.outcome, Outcome::Alert);
+        assert_eq!(c.manifest.empty.unwrap().status, EmptyStatus::Unclear);
+    }
+
+    #[test]
+    fn the_reasons_say_what_was_measured_and_much_matter_in_few_pixels_is_not_empty() {
+        let p = CheckParams::default();
+        let empty = vec!["8609.00".to_string()];
+        let walls = |excess| FillBasis::OwnWalls {
+            excess,
+            walls_seen: true,
+        };
+        let c = decide(&with_basis(&empty, 0.3, walls(5.0)), &p);
+        assert_eq!(c.outcome, Outcome::Alert);
+        let r = c.manifest.empty.unwrap().reason.unwrap();
+        assert!(
+            r.contains("30% of the cargo space holds more than the container's own walls"),
+            "{r}"
+        );
+        let c = decide(&with_basis(&empty, 0.002, walls(0.25)), &p);
+        assert_eq!(c.outcome, Outcome::Clear);
+        // 4% of the space, but dense: the matter of the walls again and more.
+        let c = decide(&with_basis(&empty, 0.04, walls(1.8)), &p);
+        assert_eq!(c.outcome, Outcome::Refer);
+        let e = c.manifest.empty.unwrap();
+        assert_eq!(e.status, EmptyStatus::Unclear);
+        assert!(e.reason.unwrap().contains("1.8 times the side walls"));
+        // Goods declared, few pixels but heavy: not "empty".
+        let rice = vec!["1006.30".to_string()];
+        let c = decide(&with_basis(&rice, 0.04, walls(1.8)), &p);
+        assert_ne!(
+            c.manifest.empty.unwrap().status,
+            EmptyStatus::EmptyButDeclaredLoaded
+        );
+        // No wall to be seen: said so.
+        let c = decide(
+            &with_basis(
+                &empty,
+                0.9,
+                FillBasis::OwnWalls {
+                    excess: 20.0,
+                    walls_seen: false,
+                },
+            ),
+            &p,
+        );
+        assert!(c.reasons[0].contains("more than any container wall"));
     }
 }

@@ -311,6 +311,8 @@ pub struct MatchOutput {
     pub backend: &'static str,
     pub library: LibrarySummary,
     pub timings_ms: super::Timings,
+    /// How the empty-container check measured the cargo space (against which walls).
+    pub empty_space: super::empty::EmptyEvidence,
     /// Per-tile embeddings (with `--embeddings`), for comparing backends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<Vec<Vec<f32>>>,
@@ -353,6 +355,7 @@ pub fn match_drop(
             headings: idx.headings().len(),
         },
         timings_ms: r.timings,
+        empty_space: r.empty,
         embeddings: with_embeddings.then(|| {
             r.embedded
                 .tiles

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod empty;
 pub mod http;
 pub mod library;
 pub mod model;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 use crate::imaging::Gray16;
 use crate::scan::verdict::{ManifestResult, ManifestStatus, Outcome};
+use crate::scan::CabSide;
 use crate::store::scans::ScanRecord;
 use crate::store::{Store, StoreError};
 
@@ -178,6 +180,8 @@ pub struct MatchReport {
     pub contribution: Contribution,
     pub timings: Timings,
     pub embedded: Embedded,
+    /// The empty-container measure (cargo space against its own walls).
+    pub empty: empty::EmptyEvidence,
 }
 
 /// The model, the check thresholds and the library, for one node or one CLI run.
@@ -248,15 +252,17 @@ impl Matcher {
     ) -> Result<MatchReport, MatchError> {
         let t0 = Instant::now();
         let embedded = self.model.embed_image(img, pixel_mm, cab_left)?;
+        // The cargo space against its own walls (the band's fixed-level fill only where no
+        // carrier with walls is found).
+        let cab_side = cab_left.map(|l| if l { CabSide::Left } else { CabSide::Right });
+        let empty = empty::measure(img, pixel_mm, cab_side);
         let t1 = Instant::now();
         let index = self.index()?;
         let scores = index.reference_scores(&embedded.tiles);
         let evidence = check::Evidence {
             declared,
-            fill: embedded
-                .prepared
-                .band
-                .map(|_| f64::from(embedded.prepared.fill)),
+            fill: empty.fill,
+            basis: empty.basis(),
             tiles: embedded.prepared.tile_count(),
             scores: index
                 .refs
@@ -276,6 +282,7 @@ impl Matcher {
                 total_ms: ms(t2 - t0),
             },
             embedded,
+            empty,
         })
     }
 

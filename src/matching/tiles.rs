@@ -138,14 +138,7 @@ pub fn prepare(
         return out;
     };
     let [x0, y0, x1, y1] = band;
-    let mut cargo = 0usize;
-    for y in y0..y1 {
-        cargo += att[y * w + x0..y * w + x1]
-            .iter()
-            .filter(|&&a| a > CARGO_ATT)
-            .count();
-    }
-    out.fill = cargo as f32 / ((x1 - x0) * (y1 - y0)).max(1) as f32;
+    out.fill = band_share(&att, w, band);
     out.band = Some(band);
     let t = p.tile;
     for ty in positions(y0, y1, t, p.stride) {
@@ -168,6 +161,35 @@ pub fn prepare(
         }
     }
     out
+}
+
+/// The cargo band of `img` and its fill (share above [`CARGO_ATT`]) on a grid of `grid_mm`
+/// pixels, without cutting tiles: the fixed-level measure, kept as the empty check's
+/// fallback where no load carrier with walls is found (flatbed, tanker, bulk).
+pub fn band_fill(
+    img: &Gray16,
+    pixel_mm: Option<[f64; 2]>,
+    cab_left: Option<bool>,
+    grid_mm: f32,
+) -> Option<([usize; 4], f32)> {
+    let [ph, pv] = pixel_mm.unwrap_or([5.0, 5.0]);
+    let w = ((img.width() as f64 * ph / grid_mm as f64).round() as usize).max(1);
+    let h = ((img.height() as f64 * pv / grid_mm as f64).round() as usize).max(1);
+    let air = air_level(img.as_raw());
+    let att = resample_attenuation(img, w, h, f32::from(air.max(1)), [0.0, 8.0]);
+    let band = cargo_band(&att, w, h, grid_mm, cab_left)?;
+    Some((band, band_share(&att, w, band)))
+}
+
+fn band_share(att: &[f32], w: usize, [x0, y0, x1, y1]: [usize; 4]) -> f32 {
+    let mut cargo = 0usize;
+    for y in y0..y1 {
+        cargo += att[y * w + x0..y * w + x1]
+            .iter()
+            .filter(|&&a| a > CARGO_ATT)
+            .count();
+    }
+    cargo as f32 / ((x1 - x0) * (y1 - y0)).max(1) as f32
 }
 
 /// Tile origins covering [a, b) evenly, `stride` apart at most; none if it is too short.
