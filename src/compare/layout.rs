@@ -241,7 +241,11 @@ fn find_floor(
         prof[y] = median(&mut buf);
     }
     // Filled across: from the roof down until less than 80 % of the columns hold something.
-    let mut cont = r0;
+    // The roof is flat only to within the roof tolerance, so the rows that far below its
+    // median are not all filled yet (a roof edge smeared by depth parallax, a dented or
+    // cambered roof): the count starts below them.
+    let tol = ((ROOF_TOL_MM / mm[1]).round() as usize).max(2);
+    let mut cont = (r0 + tol).min(r1.saturating_sub(1)).max(r0);
     while cont + 1 < r1 && fill[cont + 1] >= 0.8 {
         cont += 1;
     }
@@ -345,6 +349,22 @@ pub(crate) mod tests {
             assert!((s.floor - 320.0).abs() <= 1.5, "{s:?}");
             assert_eq!(l.cab_left, Some(cab_left));
         }
+    }
+
+    #[test]
+    fn a_roof_edge_uneven_within_the_tolerance_is_still_a_carrier() {
+        // Runs of columns whose roof starts 0-6 rows (<= 60 mm) below row 60, as a roof
+        // smeared by depth parallax or a dented one reads: the rows just below the roof's
+        // median are filled in only some of the columns.
+        let mut p = truck(true);
+        for x in 700..1920 {
+            for y in 60..60 + (x / 30) % 7 {
+                p.set(x, y, 0.0);
+            }
+        }
+        let l = find(&p, [10.0, 10.0]).unwrap();
+        assert_eq!(l.spans.len(), 1, "{l:?}");
+        assert!((l.spans[0].floor - 320.0).abs() <= 1.5, "{l:?}");
     }
 
     #[test]

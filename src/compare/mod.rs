@@ -4,13 +4,15 @@
 //!
 //! Stages, each in its own module: [`prep`] (attenuation on a ~10 mm analysis grid),
 //! [`layout`] (vehicle, load carriers, roof and floor, tractor end), [`register`]
-//! (orientation, vertical scale/offset, non-rigid horizontal DTW warp), [`diff`] (response
-//! curve, tolerant difference, noise, changed areas), then scores, outputs and timings
-//! here. [`compare`] is a pure, blocking, CPU-bound function: callers run it off the async
+//! (orientation, vertical scale/offset, non-rigid horizontal DTW warp), [`blur`] (the
+//! sharper scan blurred to the other's sharpness), [`diff`] (response curve, tolerant
+//! difference, noise, changed areas), then the common measurable range, scores, outputs
+//! and timings here. [`compare`] is a pure, blocking, CPU-bound function: callers run it off the async
 //! runtime. This module never touches files, the store or the network, and never guesses:
 //! a pair it cannot align is `Inconclusive` with the reason.
 
 pub mod bench;
+pub mod blur;
 pub mod calibrate;
 pub mod cli;
 pub mod diff;
@@ -130,6 +132,36 @@ fn tolerance_px(mm: [f64; 2]) -> usize {
     ((TOLERANCE_MM / (0.5 * (mm[0] + mm[1]))).round() as usize).max(1)
 }
 
+/// Share of a scan's analysis pixels at or above the level taken as the densest it
+/// measures: a few hundred pixels, so a dead pixel or two cannot set it.
+const CEILING_Q: f32 = 0.9995;
+/// How far below its densest level a scanner is still trusted to tell levels apart (OD).
+/// Near its floor a detector reads its dark offset and noise, not the object: a scan whose
+/// darkest reading is its offset pedestal compresses everything in the last few tenths of
+/// an optical depth (a quarter is where a pedestal of a fifth of the signal starts to
+/// bend the logarithm by more than the response fit's tolerance).
+const CEILING_MARGIN_OD: f32 = 0.25;
+/// The common ceiling is never put below this (OD): a scan of nothing dense at all still
+/// compares its thin goods.
+const CEILING_MIN_OD: f32 = 1.0;
+
+/// The densest level a prepared scan measures (OD, its own photometry).
+fn ceiling(p: &Plane) -> f32 {
+    let mut v: Vec<f32> = p.v.iter().step_by(2).copied().collect();
+    plane::quantile(&mut v, CEILING_Q)
+}
+
+/// Both scans clipped at the densest level both measure (entry photometry). Two scanners
+/// see through different amounts of steel (a 1.25 MeV gamma source or a mobile unit
+/// reaches its floor where a 9 MeV portal still measures): beyond the lower of the two
+/// ceilings one of them reads only its floor, and a difference there is the scanners,
+/// not the load. A load changed from opaque to less than the ceiling still shows.
+fn clip_common(e: &mut Plane, x: &mut Plane, ceiling_od: f32) {
+    for v in e.v.iter_mut().chain(x.v.iter_mut()) {
+        *v = v.min(ceiling_od);
+    }
+}
+
 /// Integrated attenuation change (optical depth x m²) that scores 1 - 1/e.
 const SCORE_SCALE_OD_M2: f64 = 0.05;
 
@@ -194,6 +226,12 @@ pub struct Details {
     pub exit_carriers: Vec<[f64; 4]>,
     /// Largest local correction of the registration (analysis pixels).
     pub refine_max_px: Option<f64>,
+    /// The densest level both scans measure (OD, entry photometry); denser is compared as
+    /// this level.
+    pub common_ceiling_od: Option<f64>,
+    /// Largest vertical blur (Gaussian sigma, analysis pixels) put on the entry and on the
+    /// exit to match the other's sharpness.
+    pub blur_sigma_px: Option<[f64; 2]>,
 }
 
 /// Images for the operator: the exit warped onto the entry's geometry (in the entry's
@@ -358,10 +396,19 @@ pub fn compare(
     det.compared_m2 = Some(roi.area() as f64 * px_m2);
     let response = diff::fit_response(&e, &warped, &roi);
     det.response = Some(response.c);
+    let common = (ceiling(&pe.att).min(response.apply(ceiling(&px.att))) - CEILING_MARGIN_OD)
+        .max(CEILING_MIN_OD);
+    det.common_ceiling_od = Some(round3(common as f64));
+    let mut e = e;
     let mut xm = warped;
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
+    clip_common(&mut e, &mut xm, common);
+    let sharpness = blur::match_blur(&e, &xm, &roi);
+    det.blur_sigma_px = Some(sharpness.max_sigma().map(round3));
+    let mut e = sharpness.apply_entry(&e);
+    let xm = sharpness.apply_exit(&xm);
     // Registration uses the whole crop: the roof, the floor and the end walls anchor it.
     let whole = Roi {
         rects: vec![[0, 0, cw, ch]],
@@ -376,6 +423,8 @@ pub fn compare(
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
+    clip_common(&mut e, &mut xm, common);
+    let xm = sharpness.apply_exit(&xm);
     let d = diff::tolerant_diff(&e, &xm, tolerance_px(pe.mm));
     let noise = NoiseModel::measure(&e, &xm, &roi);
     let (abs, z) = diff::significance(&d, &e, &xm, &noise, &roi);
