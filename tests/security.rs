@@ -459,6 +459,22 @@ async fn api_tokens_end_with_a_password_change_and_can_be_listed_and_revoked() {
     assert_eq!(bearer(&t2.token).await, 401);
     let (ok, out) = user_cli(&node.data, &["revoke-token", "nonsense"]);
     assert!(!ok && out.contains("12 hex digits"), "{out}");
+    let (ok, out) = user_cli(
+        &node.data,
+        &[
+            "token",
+            "olga",
+            "--label",
+            "cli-made",
+            "--expires-days",
+            "7",
+        ],
+    );
+    assert!(ok && out.contains("expires 20"), "{out}");
+    let cli_token = out.lines().next().unwrap().trim().to_string();
+    assert_eq!(bearer(&cli_token).await, 200);
+    let (ok, out) = user_cli(&node.data, &["token", "olga", "--expires-days", "0"]);
+    assert!(!ok && out.contains("expires-days"), "{out}");
 
     // The admin page lists tokens and revokes one.
     let t3 = accounts::create_token(store, "cli", "olga", "kiosk", None)
@@ -488,6 +504,40 @@ async fn api_tokens_end_with_a_password_change_and_can_be_listed_and_revoked() {
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(bearer(&t3.token).await, 401);
+    // A token made on the page may expire; a nonsense expiry is refused by name.
+    let made = client_from(1)
+        .post(format!("{}/admin/users", node.base))
+        .headers(admin.clone())
+        .form(&[
+            ("action", "token"),
+            ("username", "olga"),
+            ("label", "page"),
+            ("expires_days", "14"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        made.contains("new-token") && made.contains("expires"),
+        "{made}"
+    );
+    let r = client_from(1)
+        .post(format!("{}/admin/users", node.base))
+        .headers(admin.clone())
+        .header("accept", "application/json")
+        .form(&[
+            ("action", "token"),
+            ("username", "olga"),
+            ("expires_days", "forever"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("expires_days"));
     let trail = audit_actions(&node.data, "user:olga");
     assert!(trail.iter().any(|(a, _)| a == "user.token_revoked"));
 
