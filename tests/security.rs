@@ -810,18 +810,52 @@ async fn an_oversized_upload_is_refused_as_it_arrives_and_leaves_no_temp_file() 
     let node = TestNode::start_with(cfg).await;
     let mut sim = sim(18);
     let d = sim.next_drop();
-    // 3 MiB in the image part: refused once it passes 1 MiB, naming the part and the key.
-    let (s, body) = node
-        .post_drop(
-            &serde_json::to_vec(&d.sidecar).unwrap(),
-            Some(vec![0u8; 3 << 20]),
+    // The body says 3 MiB of image are coming, but only a little over 1 MiB is ever sent:
+    // the answer can only arrive if the node refuses the part as its bytes pass the limit
+    // (a node that buffered the part first would wait for the rest, and the 30 s guard
+    // below would fail the test).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let boundary = "riac-test-boundary";
+    let sidecar = serde_json::to_vec(&d.sidecar).unwrap();
+    let mut head =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"sidecar\"\r\n\r\n")
+            .into_bytes();
+    head.extend_from_slice(&sidecar);
+    head.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n"
         )
-        .await;
-    assert_eq!(s, 413, "{body}");
-    let msg = body["error"]["message"].as_str().unwrap_or_default();
+        .as_bytes(),
+    );
+    let declared_image = 3usize << 20;
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let length = head.len() + declared_image + tail.len();
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let token = &node.admin.2;
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /api/v1/scans HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        sock.write_all(&head).await.unwrap();
+        // A little over the 1 MiB limit, in chunks, never the rest.
+        let chunk = vec![0u8; 64 << 10];
+        for _ in 0..17 {
+            if sock.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let mut buf = Vec::new();
+        let _ = sock.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("no answer before the whole body was sent: the part was buffered");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
-        msg.contains("image") && msg.contains("ingest.max_file_mb"),
-        "{body}"
+        answer.contains("image") && answer.contains("ingest.max_file_mb"),
+        "{answer}"
     );
     let uploads = node.data.join("uploads");
     let left: Vec<_> = std::fs::read_dir(&uploads)

@@ -1,8 +1,8 @@
 //! Operator accounts: the rules for names and passwords, argon2id hashing, and every change
-//! to an account (create, password, role, disable, API token), each written with its audit
-//! entry in one transaction. Used by the admin pages and by `riac-node user ...`. This
-//! module never logs or stores a password or a token value; only their hashes reach the
-//! database.
+//! to an account (create, password, role, disable, API token issue and revoke), each
+//! written with its audit entry in one transaction. Used by the admin pages and by
+//! `riac-node user ...`. This module never logs or stores a password or a token value;
+//! only their hashes reach the database.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -538,8 +538,18 @@ async fn run_cli(store: &Store, cmd: UserCommand) -> Result<String, AccountError
             // at the first login. A scanner never logs in, so it is not asked.
             if u.role.is_person() {
                 let id = u.id;
+                let n2 = u.username.clone();
                 store
-                    .write(move |t| users::set_must_change_password(t, id, true))
+                    .write(move |t| {
+                        users::set_must_change_password(t, id, true)?;
+                        audit::append(
+                            t,
+                            ACTOR,
+                            "user.must_change_password",
+                            Some(&format!("user:{n2}")),
+                            serde_json::json!({"username": n2}),
+                        )
+                    })
                     .await?;
             }
             format!(

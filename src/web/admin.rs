@@ -81,7 +81,16 @@ pub async fn users_page(
     Query(d): Query<Done>,
 ) -> Result<Markup, AppError> {
     let list = st.store.read(users::list).await?;
-    let tokens = st.store.read(|c| users::list_tokens(c, None)).await?;
+    // Every active token, and the 20 newest that ended (revoked or expired): the page
+    // manages what still works; `riac-node user tokens NAME` has the full history.
+    let tokens: Vec<users::TokenInfo> = {
+        let all = st.store.read(|c| users::list_tokens(c, None)).await?;
+        let (active, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|t| t.state == "active");
+        active
+            .into_iter()
+            .chain(ended.into_iter().take(20))
+            .collect()
+    };
     let c = chrome(&st, &me, "users").await;
     let csrf = me.csrf().to_string();
     let hidden = |action: &str| {
