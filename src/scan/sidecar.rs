@@ -334,7 +334,14 @@ impl ScanMeta {
         }
         let raw: RawSidecar = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
-            SidecarError::field(path, e.into_inner().to_string())
+            // serde quotes the offending value ("invalid type: string \"…\""): cut it.
+            let msg = e.into_inner().to_string();
+            let msg = if msg.chars().count() > 200 {
+                format!("{}... (cut)", msg.chars().take(200).collect::<String>())
+            } else {
+                msg
+            };
+            SidecarError::field(path, msg)
         })?;
 
         let schema = required(raw.schema, "schema")?;
@@ -550,7 +557,14 @@ impl ScanMeta {
             Some(v) => {
                 return Err(SidecarError::field(
                     "image.pixel_mm",
-                    format!("{v:?} must be [horizontal, vertical] in mm, each in (0, 100]"),
+                    if v.len() == 2 {
+                        format!("{v:?} must be [horizontal, vertical] in mm, each in (0, 100]")
+                    } else {
+                        format!(
+                            "has {} values; it must be [horizontal, vertical] in mm, each in (0, 100]",
+                            v.len()
+                        )
+                    },
                 ))
             }
         };
@@ -747,6 +761,16 @@ mod tests {
         let mut v = good();
         v["image"]["file"] = "a\nb.tiff".into();
         assert_eq!(field_of(v), "image.file");
+        let mut v = good();
+        v["declaration"]["goods"][0]["packages"] = "2".repeat(100_000).into();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("declaration.goods[0].packages"));
+        assert!(e.to_string().len() < 300, "{e}");
+        let mut v = good();
+        v["image"]["pixel_mm"] = serde_json::json!(vec![5.0; 50_000]);
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("image.pixel_mm"));
+        assert!(e.to_string().len() < 300, "{e}");
         let mut v = good();
         v["declaration"]["goods"][0]["hs_code"] = "9".repeat(100_000).into();
         assert!(parse(&v).unwrap_err().to_string().len() < 300);
