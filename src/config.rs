@@ -93,6 +93,8 @@ pub struct RawWeb {
     pub session_hours: Option<u64>,
     pub login_max_failures: Option<u32>,
     pub login_window_secs: Option<u64>,
+    pub login_name_backoff_max_secs: Option<u64>,
+    pub session_idle_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,10 +279,18 @@ pub struct TransitConfig {
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     pub tls: Option<TlsConfig>,
+    /// Absolute lifetime of a login session, however active it is.
     pub session_lifetime: Duration,
-    /// Failed logins allowed per client address and per user name within `login_window`.
+    /// A session unused for this long ends (the operator walked away from the screen).
+    pub session_idle: Duration,
+    /// Failed logins allowed per (client address, user name) within `login_window`; a
+    /// client address gets four times as many over all names.
     pub login_max_failures: u32,
     pub login_window: Duration,
+    /// Cap of the per-name backoff that slows guessing one name from many addresses; it
+    /// is all a typo-ing owner ever waits for the attacker's sake (a fresh address is
+    /// never held back by it).
+    pub login_name_backoff_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -416,6 +426,22 @@ fn web_config(w: &RawWeb, listen: SocketAddr) -> Result<WebConfig, ConfigError> 
             10,
             86_400,
         )?),
+        login_name_backoff_max: Duration::from_secs(ranged(
+            "web.login_name_backoff_max_secs",
+            w.login_name_backoff_max_secs,
+            30,
+            1,
+            600,
+        )?),
+        session_idle: Duration::from_secs(
+            60 * ranged(
+                "web.session_idle_minutes",
+                w.session_idle_minutes,
+                60,
+                5,
+                10_080,
+            )?,
+        ),
     })
 }
 

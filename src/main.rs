@@ -275,7 +275,14 @@ enum UserWhat {
         name: String,
         #[arg(long, default_value = "api")]
         label: String,
+        /// The token stops working this many days from now (default: until revoked).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_days: Option<u32>,
     },
+    /// List an account's API tokens (id, label, created, expiry, state; never the value).
+    Tokens { name: String },
+    /// Revoke one API token by the id `user tokens` shows.
+    RevokeToken { id: String },
     /// List the accounts.
     List,
 }
@@ -648,10 +655,17 @@ async fn main() -> Result<()> {
                     username: name,
                     role,
                 },
-                UserWhat::Token { name, label } => UserCommand::Token {
+                UserWhat::Token {
+                    name,
+                    label,
+                    expires_days,
+                } => UserCommand::Token {
                     username: name,
                     label,
+                    expires_days,
                 },
+                UserWhat::Tokens { name } => UserCommand::Tokens { username: name },
+                UserWhat::RevokeToken { id } => UserCommand::RevokeToken { id },
                 UserWhat::List => UserCommand::List,
             };
             println!("{}", cli(&data_dir, cmd).await?);
@@ -1277,6 +1291,8 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
     // A demo broker is usually a local test one: plain mqtt:// is allowed here.
     let mut raw = RawConfig::default();
     raw.uplink.allow_plain = Some(true);
+    // ... and so are unsigned commands: a demo has no centre key. The status page says so.
+    raw.uplink.allow_unsigned_commands = Some(true);
     raw.node.node_id = Some("demo-node".into());
     raw.node.site_id = Some("KHI".into());
     let mut cfg = Config::from_raw(raw, &ov)?;

@@ -380,6 +380,7 @@ async fn client(centre: &Broker, pki: &Pki, cn: &str, filters: &[&str]) -> (Asyn
         tls_ca_file: Some(pki.dir.join("ca.pem")),
         tls_cert_file: Some(pki.dir.join(format!("{cn}.pem"))),
         tls_key_file: Some(pki.dir.join(format!("{cn}.key"))),
+        allow_unsigned_commands: Some(true),
         ..Default::default()
     };
     let up = riac_node::uplink::config::validate(raw, None, &pki.dir, "x", "y").unwrap();
@@ -682,7 +683,7 @@ fn doctor_fails_clearly_on_an_unreachable_broker() {
     let port = free_port().unwrap();
     let cfg = plain_config(
         dir.path(),
-        &format!("[uplink]\nbroker = \"mqtt://127.0.0.1:{port}\"\nallow_plain = true\n"),
+        &format!("[uplink]\nbroker = \"mqtt://127.0.0.1:{port}\"\nallow_plain = true\nallow_unsigned_commands = true\n"),
     );
     let (ok, text) = doctor(&cfg);
     assert!(!ok, "{text}");

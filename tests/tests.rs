@@ -13,6 +13,7 @@ mod matching;
 mod package;
 mod rejects;
 mod retention;
+mod security;
 mod transit;
 mod ui;
 mod uplink;

@@ -528,6 +528,11 @@ fn the_user_command_manages_accounts_and_keeps_the_database_the_services() {
         .collect();
     assert_eq!(
         actions,
-        ["user.created", "user.password_changed", "user.disabled"]
+        [
+            "user.created",
+            "user.must_change_password",
+            "user.password_changed",
+            "user.disabled"
+        ]
     );
 }

@@ -54,6 +54,8 @@ fn tls_uplink(url: &str, pki: &TestPki) -> RawUplink {
         reconnect_min_ms: Some(100),
         reconnect_max_secs: Some(1),
         keep_alive_secs: Some(5),
+        // Test brokers have no centre key; the tests that sign commands set one.
+        allow_unsigned_commands: Some(true),
         ..Default::default()
     }
 }
@@ -399,7 +401,7 @@ fn kill_9_in_the_middle_of_a_drain_loses_no_verdict() {
     let cfg_path = write_daemon_config(dir.path());
     let mut text = std::fs::read_to_string(&cfg_path).unwrap();
     text.push_str(&format!(
-        "[uplink]\nbroker = \"{}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ninflight = 1\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+        "[uplink]\nbroker = \"{}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ninflight = 1\nreconnect_min_ms = 100\nreconnect_max_secs = 1\nallow_unsigned_commands = true\n",
         broker.tls_url(),
         pki.ca.display(),
         pki.client_cert.display(),
@@ -869,7 +871,7 @@ async fn keys_and_verify_chain_on_the_command_line() {
     .unwrap();
     let mut text = std::fs::read_to_string(&cfg_path).unwrap();
     text.push_str(
-        "[uplink]\nbroker = \"mqtts://127.0.0.1:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+        "[uplink]\nbroker = \"mqtts://127.0.0.1:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\nallow_unsigned_commands = true\n",
     );
     std::fs::write(&cfg_path, text).unwrap();
     let (code, out) = cli(&["validate-config", cfg_path.to_str().unwrap()], None);
@@ -962,12 +964,23 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     )
     .await;
     let cmd = |name: &str| format!("riac/v1/KHI/KHI-N3/cmd/{name}");
-    let signed = |name: &str, id: &str, args: serde_json::Value| {
-        let mut v = serde_json::json!({"command_id": id, "node_id": "KHI-N3", "name": name, "issued_at": "2026-11-28T00:00:00Z", "args": args});
+    let at = |offset_secs: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_secs))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // Signed commands carry an expiry (required with a centre key): an hour from now.
+    let signed_with = |name: &str, id: &str, args: serde_json::Value, expires: Option<String>| {
+        let mut v = serde_json::json!({"command_id": id, "node_id": "KHI-N3", "name": name, "issued_at": at(-60), "args": args});
+        if let Some(e) = expires {
+            v["expires_at"] = e.into();
+        }
         let sig = centre.sign_hex(riac_node::store::chain::canonical_json(&v).as_bytes());
         v["signature"] = sig.into();
         serde_json::to_vec(&v).unwrap()
     };
+    let signed =
+        |name: &str, id: &str, args: serde_json::Value| signed_with(name, id, args, Some(at(3600)));
     let replies = |sub: &Sub| sub.json_on("/cmd-reply");
     let reply_for = |sub: &Sub, id: &str| {
         replies(sub)
@@ -1063,8 +1076,22 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         ),
     )
     .await;
-    wait_for(Duration::from_secs(20), "seven more replies", || {
-        replies(&sub).len() >= 10
+    // Signed but without an expiry, or expired: refused, whatever the signature says.
+    let refer = || serde_json::json!({"transit": {"refer_score": 0.5}});
+    publish(
+        &sub,
+        cmd("thresholds"),
+        signed_with("thresholds", "c-noexpiry", refer(), None),
+    )
+    .await;
+    publish(
+        &sub,
+        cmd("thresholds"),
+        signed_with("thresholds", "c-expired", refer(), Some(at(-1))),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "nine more replies", || {
+        replies(&sub).len() >= 12
     })
     .await;
     let err_of = |id: &str| {
@@ -1073,6 +1100,16 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
             .unwrap()
             .to_string()
     };
+    assert!(
+        err_of("c-noexpiry").contains("expires_at is required"),
+        "{}",
+        err_of("c-noexpiry")
+    );
+    assert!(
+        err_of("c-expired").contains("expired"),
+        "{}",
+        err_of("c-expired")
+    );
     assert!(
         err_of("c-unsigned").contains("signature"),
         "{}",
@@ -1243,6 +1280,7 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
         allow_plain: Some(true),
         username: Some("riac".into()),
         password: Some("guess".into()),
+        allow_unsigned_commands: Some(true),
         reconnect_min_ms: Some(100),
         reconnect_max_secs: Some(1),
         ..Default::default()
@@ -1359,6 +1397,7 @@ async fn centre_thresholds_and_references_reach_the_checks_and_survive_a_restart
             allow_plain: Some(true),
             username: Some("riac".into()),
             password_file: Some(password_file.clone()),
+            allow_unsigned_commands: Some(true),
             reconnect_min_ms: Some(100),
             reconnect_max_secs: Some(1),
             ..Default::default()

@@ -457,7 +457,7 @@ impl TaskCtx {
         match write {
             Ok(()) => None,
             Err(e) => {
-                tracing::error!(sidecar = %sidecar.display(), error = %e, "cannot move the rejected drop to rejected/");
+                tracing::error!(sidecar = ?sidecar, error = %e, "cannot move the rejected drop to rejected/");
                 Some(RETRY_AFTER_NODE_ERROR)
             }
         }
@@ -506,7 +506,7 @@ fn remove_drop(sidecar: &Path, dir: &Path, files: &[String]) {
     for f in std::iter::once(sidecar.to_path_buf()).chain(files.iter().map(|f| dir.join(f))) {
         if let Err(e) = fs::remove_file(&f) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(file = %f.display(), error = %e, "stored scan, but cannot remove its drop file");
+                tracing::warn!(file = ?f, error = %e, "stored scan, but cannot remove its drop file");
             }
         }
     }

@@ -36,7 +36,7 @@ use crate::store::{self, Store, StoreError};
 use decode::{DecodeLimits, SourceFormat};
 
 /// The largest sidecar accepted: a sidecar is a few kB, anything near this is not one.
-pub const MAX_SIDECAR_BYTES: u64 = 1024 * 1024;
+pub const MAX_SIDECAR_BYTES: u64 = 256 * 1024;
 
 /// Where a drop came from: recorded with the scan and in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +297,7 @@ impl Ingestor {
     /// Logs, counts and stores a rejection (for the status page and the audit chain).
     pub async fn record_rejection(&self, rej: &Rejection, source: Source) {
         self.inner.metrics.rejected(source);
-        tracing::warn!(scan_id = rej.scan_id.as_deref().unwrap_or("-"), source = source.as_str(), field = %rej.field, reason = %rej.message, "drop rejected");
+        tracing::warn!(scan_id = rej.scan_id.as_deref().unwrap_or("-"), source = source.as_str(), field = ?rej.field, reason = ?rej.message, "drop rejected");
         let rec = RejectRecord {
             at: store::now_rfc3339(),
             scan_id: rej.scan_id.clone(),
@@ -595,7 +595,11 @@ pub fn write_dir_atomically(
     result
 }
 
-/// Removes temp directories left by a crash in the middle of [`write_dir_atomically`].
+/// Where HTTP uploads are streamed while they arrive (`<data_dir>/uploads/<id>/`).
+pub const UPLOADS_DIR: &str = "uploads";
+
+/// Removes temp directories left by a crash in the middle of [`write_dir_atomically`], and
+/// uploads that were arriving when the node stopped.
 pub fn sweep_temp_dirs(data_dir: &Path) -> usize {
     fn walk(dir: &Path, depth: usize, removed: &mut usize) {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -618,6 +622,13 @@ pub fn sweep_temp_dirs(data_dir: &Path) -> usize {
     }
     let mut removed = 0;
     walk(&data_dir.join("scans"), 0, &mut removed);
+    if let Ok(entries) = fs::read_dir(data_dir.join(UPLOADS_DIR)) {
+        for e in entries.flatten() {
+            if fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
     removed
 }
 

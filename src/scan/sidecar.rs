@@ -13,6 +13,52 @@ use super::{is_valid_scan_id, ContainerId};
 
 pub const SCAN_SCHEMA: &str = "riac.scan/1";
 
+/// Bounds on the sidecar's free text and lists (documented in the README's scan drop
+/// contract). Every one is rendered in the UI or sent on in verdicts and entry packages, so
+/// none may be unbounded; real values are far smaller.
+pub const MAX_CONTAINER_IDS: usize = 16;
+/// A container id as written (spaces and dashes included) before it is normalised.
+pub const MAX_CONTAINER_ID_CHARS: usize = 32;
+pub const MAX_PLATE_CHARS: usize = 32;
+pub const MAX_GOODS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+/// A field value longer than this is not echoed whole in an error message.
+const SHOWN_CHARS: usize = 48;
+
+/// A value for an error message: quoted, control characters escaped, and cut to
+/// [`SHOWN_CHARS`] (a 900 KB field must not make a 900 KB rejection line).
+fn shown(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= SHOWN_CHARS {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(SHOWN_CHARS).collect();
+        format!("{head:?}... ({n} characters)")
+    }
+}
+
+/// Free text (a plate, a goods description): at most `max` characters, no control
+/// characters (no NUL, ESC, CR or LF: they forge lines in logs and corrupt terminals).
+fn text(s: &str, field: &str, max: usize) -> Result<(), SidecarError> {
+    let n = s.chars().count();
+    if n > max {
+        return Err(SidecarError::field(
+            field,
+            format!("is {n} characters long; at most {max} are allowed"),
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(SidecarError::field(
+            field,
+            format!(
+                "contains the control character {:?}; only printable text is allowed",
+                c
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Why a sidecar was refused. `field` is the JSON path a scanner integrator must fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SidecarError {
@@ -211,7 +257,7 @@ fn identifier(v: Option<String>, field: &str) -> Result<String, SidecarError> {
     if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
         return Err(SidecarError::field(
             field,
-            format!("{s:?} must be 1-64 printable characters"),
+            format!("{} must be 1-64 printable characters", shown(&s)),
         ));
     }
     Ok(t.to_string())
@@ -227,7 +273,7 @@ fn enum_field<T>(
     parse(&s).ok_or_else(|| {
         SidecarError::field(
             field,
-            format!("{s:?} is not one of: {}", allowed.trim_end()),
+            format!("{} is not one of: {}", shown(&s), allowed.trim_end()),
         )
     })
 }
@@ -247,7 +293,8 @@ fn valid_hs_code(s: &str) -> bool {
 pub fn check_drop_file_name(name: &str, field: &str) -> Result<(), SidecarError> {
     let ok = !name.is_empty()
         && name.len() <= 255
-        && !name.contains(['/', '\\', '\0', ':'])
+        && !name.contains(['/', '\\', ':'])
+        && !name.chars().any(char::is_control)
         && name != "."
         && name != ".."
         && !name.starts_with('.');
@@ -257,7 +304,8 @@ pub fn check_drop_file_name(name: &str, field: &str) -> Result<(), SidecarError>
         Err(SidecarError::field(
             field,
             format!(
-                "{name:?} must be a plain file name in the drop folder (no directories, no '..')"
+                "{} must be a plain file name in the drop folder (no directories, no '..', no control characters)",
+                shown(name)
             ),
         ))
     }
@@ -286,21 +334,34 @@ impl ScanMeta {
         }
         let raw: RawSidecar = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
-            SidecarError::field(path, e.into_inner().to_string())
+            // serde quotes the offending value ("invalid type: string \"…\""): cut it.
+            let msg = e.into_inner().to_string();
+            let msg = if msg.chars().count() > 200 {
+                format!("{}... (cut)", msg.chars().take(200).collect::<String>())
+            } else {
+                msg
+            };
+            SidecarError::field(path, msg)
         })?;
 
         let schema = required(raw.schema, "schema")?;
         if schema != SCAN_SCHEMA {
             return Err(SidecarError::field(
                 "schema",
-                format!("{schema:?} is not supported; this node reads {SCAN_SCHEMA:?}"),
+                format!(
+                    "{} is not supported; this node reads {SCAN_SCHEMA:?}",
+                    shown(&schema)
+                ),
             ));
         }
         let scan_id = required(raw.scan_id, "scan_id")?;
         if !is_valid_scan_id(&scan_id) {
             return Err(SidecarError::field(
                 "scan_id",
-                format!("{scan_id:?} must be 1-128 characters of A-Z a-z 0-9 . _ - and not start with '.'"),
+                format!(
+                    "{} must be 1-128 characters of A-Z a-z 0-9 . _ - and not start with '.'",
+                    shown(&scan_id)
+                ),
             ));
         }
         let scanner_id = identifier(raw.scanner_id, "scanner_id")?;
@@ -311,7 +372,8 @@ impl ScanMeta {
             SidecarError::field(
                 "scanned_at",
                 format!(
-                    "{ts:?} is not an RFC 3339 timestamp with a zone, like 2026-11-28T03:14:02Z"
+                    "{} is not an RFC 3339 timestamp with a zone, like 2026-11-28T03:14:02Z",
+                    shown(&ts)
                 ),
             )
         })?;
@@ -342,8 +404,27 @@ impl ScanMeta {
             Direction::ALLOWED,
         )?;
 
+        let raw_ids = raw.container_ids.unwrap_or_default();
+        if raw_ids.len() > MAX_CONTAINER_IDS {
+            return Err(SidecarError::field(
+                "container_ids",
+                format!(
+                    "lists {} containers; at most {MAX_CONTAINER_IDS} are allowed",
+                    raw_ids.len()
+                ),
+            ));
+        }
         let mut container_ids = Vec::new();
-        for (i, c) in raw.container_ids.unwrap_or_default().iter().enumerate() {
+        for (i, c) in raw_ids.iter().enumerate() {
+            if c.chars().count() > MAX_CONTAINER_ID_CHARS || c.chars().any(char::is_control) {
+                return Err(SidecarError::field(
+                    format!("container_ids[{i}]"),
+                    format!(
+                        "{} is not an ISO 6346 container id (at most {MAX_CONTAINER_ID_CHARS} printable characters)",
+                        shown(c)
+                    ),
+                ));
+            }
             let id = ContainerId::parse(c)
                 .map_err(|e| SidecarError::field(format!("container_ids[{i}]"), e.to_string()))?;
             if container_ids.contains(&id) {
@@ -353,6 +434,9 @@ impl ScanMeta {
                 ));
             }
             container_ids.push(id);
+        }
+        if let Some(p) = &raw.vehicle_plate {
+            text(p.trim(), "vehicle_plate", MAX_PLATE_CHARS)?;
         }
         let vehicle_plate = raw
             .vehicle_plate
@@ -409,6 +493,15 @@ impl ScanMeta {
             ));
         }
         let raw_goods = required(d.goods, "declaration.goods")?;
+        if raw_goods.len() > MAX_GOODS {
+            return Err(SidecarError::field(
+                "declaration.goods",
+                format!(
+                    "lists {} goods lines; at most {MAX_GOODS} are allowed",
+                    raw_goods.len()
+                ),
+            ));
+        }
         let mut goods = Vec::with_capacity(raw_goods.len());
         for (i, g) in raw_goods.into_iter().enumerate() {
             let field = format!("declaration.goods[{i}].hs_code");
@@ -416,8 +509,18 @@ impl ScanMeta {
             if !valid_hs_code(&hs_code) {
                 return Err(SidecarError::field(
                     field,
-                    format!("{hs_code:?} is not an HS code (4 to 10 digits, dots allowed, like 8703.23)"),
+                    format!(
+                        "{} is not an HS code (4 to 10 digits, dots allowed, like 8703.23)",
+                        shown(&hs_code)
+                    ),
                 ));
+            }
+            if let Some(desc) = &g.description {
+                text(
+                    desc,
+                    &format!("declaration.goods[{i}].description"),
+                    MAX_DESCRIPTION_CHARS,
+                )?;
             }
             if let Some(kg) = g.gross_kg {
                 if !(kg.is_finite() && kg >= 0.0) {
@@ -454,7 +557,14 @@ impl ScanMeta {
             Some(v) => {
                 return Err(SidecarError::field(
                     "image.pixel_mm",
-                    format!("{v:?} must be [horizontal, vertical] in mm, each in (0, 100]"),
+                    if v.len() == 2 {
+                        format!("{v:?} must be [horizontal, vertical] in mm, each in (0, 100]")
+                    } else {
+                        format!(
+                            "has {} values; it must be [horizontal, vertical] in mm, each in (0, 100]",
+                            v.len()
+                        )
+                    },
                 ))
             }
         };
@@ -613,6 +723,62 @@ mod tests {
         v["image"]["pixel_meaning"] = "xray".into();
         let e = parse(&v).unwrap_err();
         assert!(e.to_string().contains("transmission attenuation"), "{e}");
+    }
+
+    #[test]
+    fn text_and_lists_are_bounded_and_control_characters_refused() {
+        let mut v = good();
+        v["vehicle_plate"] = "X".repeat(900_000).into();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("vehicle_plate"));
+        assert!(e.to_string().len() < 200, "{e}");
+        for bad in ["TLH\u{0}1", "TLH\u{1b}[31m", "TLH\r\nX"] {
+            let mut v = good();
+            v["vehicle_plate"] = bad.into();
+            assert_eq!(field_of(v), "vehicle_plate", "{bad:?}");
+        }
+        let mut v = good();
+        v["declaration"]["goods"][0]["description"] = "y".repeat(257).into();
+        assert_eq!(field_of(v), "declaration.goods[0].description");
+        let mut v = good();
+        v["declaration"]["goods"][0]["description"] = "used\ncars".into();
+        assert_eq!(field_of(v), "declaration.goods[0].description");
+        let mut v = good();
+        let line = v["declaration"]["goods"][0].clone();
+        v["declaration"]["goods"] = serde_json::Value::Array(vec![line; 20_000]);
+        assert_eq!(field_of(v), "declaration.goods");
+        let mut v = good();
+        v["container_ids"] = serde_json::json!(vec!["MSCU1234566"; 17]);
+        assert_eq!(field_of(v), "container_ids");
+        let mut v = good();
+        v["container_ids"][0] = format!("MSCU1234566{}", " ".repeat(100_000)).into();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("container_ids[0]"));
+        assert!(e.to_string().len() < 300, "{e}");
+        let mut v = good();
+        v["declaration"]["number"] = "A\u{7}B".into();
+        assert_eq!(field_of(v), "declaration.number");
+        let mut v = good();
+        v["image"]["file"] = "a\nb.tiff".into();
+        assert_eq!(field_of(v), "image.file");
+        let mut v = good();
+        v["declaration"]["goods"][0]["packages"] = "2".repeat(100_000).into();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("declaration.goods[0].packages"));
+        assert!(e.to_string().len() < 300, "{e}");
+        let mut v = good();
+        v["image"]["pixel_mm"] = serde_json::json!(vec![5.0; 50_000]);
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.field_name(), Some("image.pixel_mm"));
+        assert!(e.to_string().len() < 300, "{e}");
+        let mut v = good();
+        v["declaration"]["goods"][0]["hs_code"] = "9".repeat(100_000).into();
+        assert!(parse(&v).unwrap_err().to_string().len() < 300);
+        // The limits themselves are allowed.
+        let mut v = good();
+        v["vehicle_plate"] = "P".repeat(MAX_PLATE_CHARS).into();
+        v["declaration"]["goods"][0]["description"] = "d".repeat(MAX_DESCRIPTION_CHARS).into();
+        assert!(parse(&v).is_ok());
     }
 
     #[test]

@@ -206,6 +206,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE entry_packages ADD COLUMN evicted_at TEXT;
     "#,
+    // 9: security hardening. API tokens get an optional expiry and record when they were
+    // revoked (their public id is the first 12 hex digits of token_hash); sessions record
+    // their last use (idle timeout); an account made by `riac-node user add` must change
+    // its password at its first login.
+    r#"
+    ALTER TABLE api_tokens ADD COLUMN expires_at TEXT;
+    ALTER TABLE api_tokens ADD COLUMN revoked_at TEXT;
+    ALTER TABLE sessions ADD COLUMN last_seen_at TEXT;
+    ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this binary writes.

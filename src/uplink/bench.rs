@@ -302,6 +302,8 @@ pub async fn drain(
     raw.uplink.tls_cert_file = Some(pki.client_cert.clone());
     raw.uplink.tls_key_file = Some(pki.client_key.clone());
     raw.uplink.inflight = Some(inflight);
+    // The bench sends no commands; a throwaway broker has no centre key.
+    raw.uplink.allow_unsigned_commands = Some(true);
     let cfg = Config::from_raw(
         raw,
         &Overrides {

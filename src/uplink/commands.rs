@@ -8,7 +8,10 @@
 //! Envelope (JSON object):
 //! `{"command_id": "…", "node_id": "…", "name": "…", "issued_at": "…", "expires_at": "…",
 //!   "args": {…}, "signature": "…"}`; only `command_id` is required unless a centre key is
-//! configured. `command_id` is 1-128 characters of `A-Z a-z 0-9 . _ : -`.
+//! configured. `command_id` is 1-128 characters of `A-Z a-z 0-9 . _ : -`. A node with a
+//! broker has a centre key unless `uplink.allow_unsigned_commands` says otherwise (checked
+//! at start); `expires_at` is then required too and may lie at most
+//! `uplink.command_max_ttl_hours` ahead, so a captured command is worthless soon.
 //!
 //! Signing (when `uplink.centre_public_key` is set): `signature` is the hex Ed25519
 //! signature by the centre's key over the canonical JSON (keys sorted, compact, as for
@@ -203,6 +206,61 @@ fn envelope(
     Ok((obj, command_id))
 }
 
+/// How far a command's `issued_at` may be ahead of this node's clock (clocks drift).
+const ISSUED_SKEW: Duration = Duration::from_secs(300);
+
+/// A command's life: `expires_at` is required when commands are signed (a signed command
+/// is valid for anyone who holds a copy until it expires, so it must expire), checked when
+/// present otherwise (unsigned commands from centres that predate it still work where
+/// `uplink.allow_unsigned_commands` is set), and may lie at most `max_ttl` ahead. A
+/// command seen before is not run again whatever its expiry (the dedup table above).
+fn check_expiry(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    signed: bool,
+    max_ttl: Duration,
+    now: time::OffsetDateTime,
+) -> Result<(), String> {
+    use time::format_description::well_known::Rfc3339;
+    let when = |key: &str| -> Result<Option<time::OffsetDateTime>, String> {
+        match obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| time::OffsetDateTime::parse(s, &Rfc3339).ok())
+                .map(Some)
+                .ok_or_else(|| format!("{key} is not an RFC 3339 time like 2026-11-28T03:14:02Z")),
+        }
+    };
+    if let Some(issued) = when("issued_at")? {
+        if issued > now + ISSUED_SKEW {
+            return Err(format!(
+                "issued_at is more than {} s ahead of this node's clock: check the centre's clock",
+                ISSUED_SKEW.as_secs()
+            ));
+        }
+    }
+    let Some(expires) = when("expires_at")? else {
+        return if signed {
+            Err(
+                "expires_at is required: a signed command must say when it stops being valid"
+                    .into(),
+            )
+        } else {
+            Ok(())
+        };
+    };
+    if expires <= now {
+        return Err("the command expired before it reached this node".into());
+    }
+    if expires > now + max_ttl {
+        return Err(format!(
+            "expires_at is more than {} h ahead; this node accepts commands that live at most that long (uplink.command_max_ttl_hours)",
+            max_ttl.as_secs() / 3600
+        ));
+    }
+    Ok(())
+}
+
 /// What the node's parsing makes of `payload` sent as command `name`, without a node: the
 /// envelope, then the arguments of `thresholds` and `image-request`. For the fuzz target
 /// (`fuzz/fuzz_targets/command.rs`): it must return, never panic.
@@ -231,7 +289,7 @@ pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Di
 
     if let Some(key) = &ctx.cfg.uplink.centre_public_key {
         if let Err(why) = check_signature(ctx, key, &obj, name) {
-            tracing::warn!(command_id, command = name, reason = %why, "command refused: signature");
+            tracing::warn!(command_id, command = ?name, reason = %why, "command refused: signature");
             return answer(ctx, cid, name, Outcome::err(why)).await;
         }
     }
@@ -282,34 +340,14 @@ pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Di
         Err(_) => return Disposition::Retry,
     }
 
-    if let Some(exp) = obj.get("expires_at") {
-        let past = exp
-            .as_str()
-            .and_then(|s| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map(|t| t < time::OffsetDateTime::now_utc());
-        match past {
-            None => {
-                return answer(
-                    ctx,
-                    cid,
-                    name,
-                    Outcome::err("expires_at is not an RFC 3339 time"),
-                )
-                .await
-            }
-            Some(true) => {
-                return answer(
-                    ctx,
-                    cid,
-                    name,
-                    Outcome::err("the command expired before it reached this node"),
-                )
-                .await
-            }
-            Some(false) => {}
-        }
+    if let Err(why) = check_expiry(
+        &obj,
+        ctx.cfg.uplink.centre_public_key.is_some(),
+        ctx.cfg.uplink.command_max_ttl,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        tracing::warn!(command_id, command = ?name, reason = %why, "command refused: expiry");
+        return answer(ctx, cid, name, Outcome::err(why)).await;
     }
 
     let args = obj.get("args").cloned().unwrap_or(serde_json::json!({}));
@@ -798,6 +836,41 @@ async fn image_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_commands_must_expire_soon_and_not_have_expired() {
+        let now = time::macros::datetime!(2026-11-28 04:00:00 UTC);
+        let ttl = Duration::from_secs(24 * 3600);
+        let env = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let none = env(serde_json::json!({"command_id": "c1"}));
+        assert!(check_expiry(&none, true, ttl, now)
+            .unwrap_err()
+            .contains("expires_at is required"));
+        assert!(
+            check_expiry(&none, false, ttl, now).is_ok(),
+            "unsigned: optional"
+        );
+        let past = env(serde_json::json!({"expires_at": "2026-11-28T03:59:59Z"}));
+        assert!(check_expiry(&past, false, ttl, now)
+            .unwrap_err()
+            .contains("expired"));
+        let far = env(serde_json::json!({"expires_at": "2026-12-28T04:00:00Z"}));
+        assert!(check_expiry(&far, true, ttl, now)
+            .unwrap_err()
+            .contains("command_max_ttl_hours"));
+        let bad = env(serde_json::json!({"expires_at": "soon"}));
+        assert!(check_expiry(&bad, true, ttl, now).is_err());
+        let future = env(
+            serde_json::json!({"issued_at": "2026-11-28T05:00:00Z", "expires_at": "2026-11-28T06:00:00Z"}),
+        );
+        assert!(check_expiry(&future, true, ttl, now)
+            .unwrap_err()
+            .contains("issued_at"));
+        let ok = env(
+            serde_json::json!({"issued_at": "2026-11-28T03:59:00Z", "expires_at": "2026-11-28T05:00:00Z"}),
+        );
+        assert!(check_expiry(&ok, true, ttl, now).is_ok());
+    }
 
     #[test]
     fn ids_and_hs_codes() {

@@ -41,6 +41,8 @@ pub struct RawUplink {
     pub entry_max_age_days: Option<u64>,
     pub node_key_file: Option<PathBuf>,
     pub centre_public_key: Option<String>,
+    pub allow_unsigned_commands: Option<bool>,
+    pub command_max_ttl_hours: Option<u64>,
 }
 
 /// How to reach the central RIAC's broker. Present only when a broker is configured.
@@ -87,6 +89,12 @@ pub struct UplinkConfig {
     pub node_key_file: PathBuf,
     /// When set, commands from the centre must carry its signature.
     pub centre_public_key: Option<VerifyingKey>,
+    /// With a broker and no centre key, commands are accepted unsigned: only when the
+    /// config says so explicitly (`uplink.allow_unsigned_commands`; the demo does).
+    pub allow_unsigned_commands: bool,
+    /// How far ahead a command's `expires_at` may lie: a signed command is a bearer
+    /// instrument until it expires, so its life is kept short.
+    pub command_max_ttl: Duration,
     pub status_interval: Duration,
     pub outbox_quota_bytes: u64,
     /// Fraction of the quota at which the outbox is reported near full.
@@ -404,6 +412,30 @@ pub fn validate(
             })?,
         ),
     };
+    let allow_unsigned_commands = raw.allow_unsigned_commands == Some(true);
+    if broker.is_some() && centre_public_key.is_none() && !allow_unsigned_commands {
+        return Err(invalid(
+            "uplink.centre_public_key",
+            "(missing)",
+            "a broker is configured, so commands from it must be signed by the centre: set uplink.centre_public_key to the centre's Ed25519 public key, or set uplink.allow_unsigned_commands = true to accept unsigned commands explicitly (labs and demos only: anyone who can publish on the command topic could then change thresholds, add library references and pull scan images)",
+        ));
+    }
+    if centre_public_key.is_some() && allow_unsigned_commands {
+        return Err(invalid(
+            "uplink.allow_unsigned_commands",
+            "true",
+            "uplink.centre_public_key is set, so commands must be signed; remove one of the two",
+        ));
+    }
+    let command_max_ttl = Duration::from_secs(
+        3600 * ranged(
+            "uplink.command_max_ttl_hours",
+            raw.command_max_ttl_hours,
+            24,
+            1,
+            720,
+        )?,
+    );
     let pct = ranged(
         "uplink.outbox_warn_percent",
         raw.outbox_warn_percent,
@@ -415,6 +447,8 @@ pub fn validate(
         broker,
         node_key_file,
         centre_public_key,
+        allow_unsigned_commands,
+        command_max_ttl,
         status_interval: Duration::from_secs(ranged(
             "uplink.status_interval_secs",
             raw.status_interval_secs,
@@ -619,11 +653,13 @@ mod tests {
         let c = v(
             RawUplink {
                 allow_plain: Some(true),
+                allow_unsigned_commands: Some(true),
                 ..Default::default()
             },
             Some("mqtt://127.0.0.1:1883"),
         )
         .unwrap();
+        assert!(c.allow_unsigned_commands);
         let b = c.broker.unwrap();
         assert_eq!(
             (b.tls, b.port, b.client_id.as_str()),
@@ -678,5 +714,39 @@ mod tests {
             e.contains("uplink.centre_public_key") && e.contains("zz"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_broker_needs_the_centre_key_or_explicit_unsigned_commands() {
+        let e = v(RawUplink::default(), Some("mqtts://centre.example"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("uplink.centre_public_key") && e.contains("allow_unsigned_commands"),
+            "{e}"
+        );
+        let key = "11".repeat(32);
+        let e = v(
+            RawUplink {
+                centre_public_key: Some(key.clone()),
+                allow_unsigned_commands: Some(true),
+                ..Default::default()
+            },
+            Some("mqtts://centre.example"),
+        );
+        // A malformed test key may fail first; either way the pair is not accepted.
+        assert!(e.is_err());
+        let c = v(
+            RawUplink {
+                command_max_ttl_hours: Some(2),
+                allow_unsigned_commands: Some(true),
+                ..Default::default()
+            },
+            Some("mqtts://centre.example"),
+        )
+        .unwrap();
+        assert_eq!(c.command_max_ttl, Duration::from_secs(7200));
+        // Without a broker nothing can send commands: no key needed.
+        assert!(v(RawUplink::default(), None).is_ok());
     }
 }

@@ -1,8 +1,8 @@
 //! Operator accounts: the rules for names and passwords, argon2id hashing, and every change
-//! to an account (create, password, role, disable, API token), each written with its audit
-//! entry in one transaction. Used by the admin pages and by `riac-node user ...`. This
-//! module never logs or stores a password or a token value; only their hashes reach the
-//! database.
+//! to an account (create, password, role, disable, API token issue and revoke), each
+//! written with its audit entry in one transaction. Used by the admin pages and by
+//! `riac-node user ...`. This module never logs or stores a password or a token value;
+//! only their hashes reach the database.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -24,6 +24,8 @@ pub enum AccountError {
     Exists(String),
     #[error("no user {0:?} on this node (riac-node user list shows the accounts)")]
     NoSuchUser(String),
+    #[error("no active API token with id {0:?} (ids are 12 hex digits: riac-node user tokens NAME lists them)")]
+    NoSuchToken(String),
     #[error("role {0:?} is not one of: operator, supervisor, admin, scanner")]
     InvalidRole(String),
     #[error("{0:?} is the last enabled admin: create or enable another admin first")]
@@ -201,13 +203,17 @@ pub async fn set_password(
     let actor = actor.to_string();
     store
         .write(move |t| {
-            users::set_password(t, user.id, &hash)?;
+            let revoked = users::list_tokens(t, Some(user.id))?
+                .into_iter()
+                .filter(|k| k.state == "active")
+                .count();
+            users::set_password(t, user.id, &hash, false)?;
             audit::append(
                 t,
                 &actor,
                 "user.password_changed",
                 Some(&format!("user:{}", user.username)),
-                serde_json::json!({"username": user.username}),
+                serde_json::json!({"username": user.username, "tokens_revoked": revoked}),
             )?;
             Ok(())
         })
@@ -290,32 +296,92 @@ pub async fn set_role(
     }
 }
 
-/// Makes an API token for the user (it acts with the user's role) and returns it. Only
-/// its hash is kept: the value is shown once.
+/// A token just made: its value (shown once), public id and expiry.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub token: String,
+    pub id: String,
+    pub expires_at: Option<String>,
+}
+
+/// Makes an API token for the user (it acts with the user's role), valid for
+/// `expires_days` when given, and returns it. Only its hash is kept: the value is shown
+/// once.
 pub async fn create_token(
     store: &Store,
     actor: &str,
     username: &str,
     label: &str,
-) -> Result<String, AccountError> {
+    expires_days: Option<u32>,
+) -> Result<NewToken, AccountError> {
     let user = find_user(store, username).await?;
     let token = format!("riac_{}", new_secret());
     let hash = secret_hash(&token);
-    let (actor, label) = (actor.to_string(), label.to_string());
+    let id = hash[..users::TOKEN_ID_LEN].to_string();
+    let expires_at = expires_days.map(|d| {
+        crate::store::format_ts(
+            time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)),
+        )
+    });
+    let (actor, label, exp, id2) = (
+        actor.to_string(),
+        label.to_string(),
+        expires_at.clone(),
+        id.clone(),
+    );
     store
         .write(move |t| {
-            users::insert_token(t, &hash, user.id, &label)?;
+            users::insert_token(t, &hash, user.id, &label, exp.as_deref())?;
             audit::append(
                 t,
                 &actor,
                 "user.token_created",
                 Some(&format!("user:{}", user.username)),
-                serde_json::json!({"username": user.username, "label": label}),
+                serde_json::json!({"username": user.username, "label": label, "token_id": id2, "expires_at": exp}),
             )?;
             Ok(())
         })
         .await?;
-    Ok(token)
+    Ok(NewToken {
+        token,
+        id,
+        expires_at,
+    })
+}
+
+/// Revokes one API token by its public id (of `username` when given: the admin page
+/// revokes from a user's row). Returns the owner's name.
+pub async fn revoke_token(
+    store: &Store,
+    actor: &str,
+    id: &str,
+    username: Option<&str>,
+) -> Result<String, AccountError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != users::TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(AccountError::NoSuchToken(id));
+    }
+    let user_id = match username {
+        Some(u) => Some(find_user(store, u).await?.id),
+        None => None,
+    };
+    let (actor, id2) = (actor.to_string(), id.clone());
+    let owner = store
+        .write(move |t| {
+            let Some(owner) = users::revoke_token(t, &id2, user_id)? else {
+                return Ok(None);
+            };
+            audit::append(
+                t,
+                &actor,
+                "user.token_revoked",
+                Some(&format!("user:{owner}")),
+                serde_json::json!({"username": owner, "token_id": id2}),
+            )?;
+            Ok(Some(owner))
+        })
+        .await?;
+    owner.ok_or(AccountError::NoSuchToken(id))
 }
 
 /// `riac-node demo`: an admin account named `demo` with a fresh random password, so that a
@@ -379,12 +445,34 @@ fn prompt_no_echo(prompt: &str) -> Result<String, AccountError> {
 /// `riac-node user ...` subcommands.
 #[derive(Debug, Clone)]
 pub enum UserCommand {
-    Add { username: String, role: String },
-    Passwd { username: String },
-    Disable { username: String },
-    Enable { username: String },
-    Role { username: String, role: String },
-    Token { username: String, label: String },
+    Add {
+        username: String,
+        role: String,
+    },
+    Passwd {
+        username: String,
+    },
+    Disable {
+        username: String,
+    },
+    Enable {
+        username: String,
+    },
+    Role {
+        username: String,
+        role: String,
+    },
+    Token {
+        username: String,
+        label: String,
+        expires_days: Option<u32>,
+    },
+    Tokens {
+        username: String,
+    },
+    RevokeToken {
+        id: String,
+    },
     List,
 }
 
@@ -446,7 +534,34 @@ async fn run_cli(store: &Store, cmd: UserCommand) -> Result<String, AccountError
                 read_password(&format!("Password for {name}: "), true)
             })?;
             let u = create_user(store, ACTOR, &name, role, &pw).await?;
-            format!("created {} ({})", u.username, u.role.as_str())
+            // Whoever typed this password here knows it: the person must choose their own
+            // at the first login. A scanner never logs in, so it is not asked.
+            if u.role.is_person() {
+                let id = u.id;
+                let n2 = u.username.clone();
+                store
+                    .write(move |t| {
+                        users::set_must_change_password(t, id, true)?;
+                        audit::append(
+                            t,
+                            ACTOR,
+                            "user.must_change_password",
+                            Some(&format!("user:{n2}")),
+                            serde_json::json!({"username": n2}),
+                        )
+                    })
+                    .await?;
+            }
+            format!(
+                "created {} ({}){}",
+                u.username,
+                u.role.as_str(),
+                if u.role.is_person() {
+                    "; they choose a new password at their first login"
+                } else {
+                    ""
+                }
+            )
         }
         UserCommand::Passwd { username } => {
             let user = find_user(store, &username).await?;
@@ -472,11 +587,46 @@ async fn run_cli(store: &Store, cmd: UserCommand) -> Result<String, AccountError
             set_role(store, ACTOR, &username, role).await?;
             format!("{username} is now {}", role.as_str())
         }
-        UserCommand::Token { username, label } => {
-            let token = create_token(store, ACTOR, &username, &label).await?;
+        UserCommand::Token {
+            username,
+            label,
+            expires_days,
+        } => {
+            let t = create_token(store, ACTOR, &username, &label, expires_days).await?;
             format!(
-                "{token}\n(API token for {username}, shown once: send it as `Authorization: Bearer <token>`)"
+                "{}\n(API token {} for {username}, {}; shown once: send it as `Authorization: Bearer <token>`)",
+                t.token,
+                t.id,
+                t.expires_at
+                    .map(|e| format!("expires {e}"))
+                    .unwrap_or_else(|| "no expiry".into())
             )
+        }
+        UserCommand::Tokens { username } => {
+            let user = find_user(store, &username).await?;
+            let list = store
+                .read(move |c| users::list_tokens(c, Some(user.id)))
+                .await?;
+            let mut out = format!(
+                "{:<12} {:<8} {:<24} {:<24} {:<24} label\n",
+                "id", "state", "created", "expires", "revoked"
+            );
+            for t in list {
+                out.push_str(&format!(
+                    "{:<12} {:<8} {:<24} {:<24} {:<24} {}\n",
+                    t.id,
+                    t.state,
+                    t.created_at,
+                    t.expires_at.as_deref().unwrap_or("never"),
+                    t.revoked_at.as_deref().unwrap_or("-"),
+                    t.label
+                ));
+            }
+            out.trim_end().to_string()
+        }
+        UserCommand::RevokeToken { id } => {
+            let owner = revoke_token(store, ACTOR, &id, None).await?;
+            format!("API token {} of {owner} revoked", id.trim())
         }
         UserCommand::List => {
             let list = store.read(users::list).await?;
@@ -548,7 +698,10 @@ mod tests {
             set_role(&store, "cli", "root", Role::Operator).await,
             Err(AccountError::LastAdmin(_))
         ));
-        let tok = create_token(&store, "cli", "root", "ci").await.unwrap();
+        let tok = create_token(&store, "cli", "root", "ci", None)
+            .await
+            .unwrap()
+            .token;
         assert!(tok.starts_with("riac_"));
         let h = secret_hash(&tok);
         assert!(store

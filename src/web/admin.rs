@@ -1,6 +1,7 @@
 //! Account administration pages: the admin's user list (add, disable and enable, change
-//! role, reset password, issue an API token) and every user's own password change. All
-//! changes go through `web::accounts`, which writes them with their audit lines.
+//! role, reset password, issue, list and revoke API tokens) and every user's own password
+//! change. All changes go through `web::accounts`, which writes them with their audit
+//! lines.
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,16 +26,42 @@ impl From<AccountError> for AppError {
             AccountError::Exists(_) | AccountError::LastAdmin(_) => {
                 AppError::Conflict(e.to_string())
             }
-            AccountError::NoSuchUser(_) => AppError::NotFound(e.to_string()),
+            AccountError::NoSuchUser(_) | AccountError::NoSuchToken(_) => {
+                AppError::NotFound(e.to_string())
+            }
             AccountError::Store(s) => s.into(),
             other => AppError::Internal(other.to_string()),
         }
     }
 }
 
+/// What the users page says after an action. The redirect carries a code and the user
+/// name, never text: a link with `?done=<any text>` must not put words in the node's mouth.
 #[derive(Debug, Default, Deserialize)]
 pub struct Done {
     done: Option<String>,
+    user: Option<String>,
+}
+
+impl Done {
+    fn message(&self) -> Option<String> {
+        // Only a name that could be an account is shown; anything else is dropped.
+        let who = self
+            .user
+            .as_deref()
+            .and_then(|u| accounts::check_username(u).ok())?;
+        Some(match self.done.as_deref()? {
+            "created" => format!("Created {who}."),
+            "disabled" => format!("Disabled {who}; their sessions and API tokens have ended."),
+            "enabled" => format!("Enabled {who}."),
+            "role" => format!("Changed the role of {who}; their sessions have ended."),
+            "password" => {
+                format!("Password of {who} reset; their sessions and API tokens have ended.")
+            }
+            "revoked" => format!("Revoked an API token of {who}."),
+            _ => return None,
+        })
+    }
 }
 
 fn role_select(name: &str, selected: Option<Role>) -> Markup {
@@ -54,6 +81,16 @@ pub async fn users_page(
     Query(d): Query<Done>,
 ) -> Result<Markup, AppError> {
     let list = st.store.read(users::list).await?;
+    // Every active token, and the 20 newest that ended (revoked or expired): the page
+    // manages what still works; `riac-node user tokens NAME` has the full history.
+    let tokens: Vec<users::TokenInfo> = {
+        let all = st.store.read(|c| users::list_tokens(c, None)).await?;
+        let (active, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|t| t.state == "active");
+        active
+            .into_iter()
+            .chain(ended.into_iter().take(20))
+            .collect()
+    };
     let c = chrome(&st, &me, "users").await;
     let csrf = me.csrf().to_string();
     let hidden = |action: &str| {
@@ -64,7 +101,7 @@ pub async fn users_page(
     };
     let body = html! {
         h1 { "Users" }
-        @if let Some(m) = &d.done { p.flash role="status" { (m) } }
+        @if let Some(m) = d.message() { p.flash role="status" { (m) } }
         p.muted {
             "Roles: " strong { "operator" } " reviews scans and decides over automatic verdicts; "
             strong { "supervisor" } " also overrides other people's decisions and reads the audit trail; "
@@ -96,10 +133,33 @@ pub async fn users_page(
                     form.inline method="post" action="/admin/users" {
                         (hidden("token")) input type="hidden" name="username" value=(u.username);
                         input name="label" placeholder="token label" aria-label="token label";
+                        input name="expires_days" type="number" min="1" max="3650" placeholder="days (empty: no expiry)" aria-label="token expiry in days";
                         button type="submit" { "New API token" }
                     }
                 }
             } } }
+        }
+        h2 { "API tokens" }
+        @if tokens.is_empty() { p.muted { "No API tokens." } } @else {
+            table #tokens.users {
+                thead { tr { th { "Id" } th { "User" } th { "Label" } th { "Created" } th { "Expires" } th { "State" } th { "" } } }
+                tbody { @for t in &tokens { tr class=[(t.state != "active").then_some("disabled")] {
+                    td.mono { (t.id) }
+                    td.mono { (t.username) }
+                    td { (t.label) }
+                    td { (when(&t.created_at)) }
+                    td { @if let Some(e) = &t.expires_at { (when(e)) } @else { span.muted { "never" } } }
+                    td { (t.state) }
+                    td.actions { @if t.state == "active" {
+                        form.inline method="post" action="/admin/users" {
+                            (hidden("revoke-token"))
+                            input type="hidden" name="username" value=(t.username);
+                            input type="hidden" name="token_id" value=(t.id);
+                            button type="submit" { "Revoke" }
+                        }
+                    } }
+                } } }
+            }
         }
         div.panel {
             h2 { "Add a user" }
@@ -127,6 +187,10 @@ pub struct UserAction {
     password: String,
     #[serde(default)]
     label: String,
+    #[serde(default)]
+    expires_days: String,
+    #[serde(default)]
+    token_id: String,
 }
 
 /// `POST /admin/users` (admin only, CSRF-checked by the middleware).
@@ -141,7 +205,7 @@ pub async fn users_action(
         "add" => {
             let role = accounts::parse_role(&a.role)?;
             let u = accounts::create_user(&st.store, actor, &a.username, role, &a.password).await?;
-            format!("Created {} ({}).", u.username, u.role.as_str())
+            return Ok(done_redirect("created", &u.username));
         }
         "disable" => {
             if name == me.username {
@@ -150,20 +214,24 @@ pub async fn users_action(
                 ));
             }
             accounts::set_disabled(&st.store, actor, &name, true).await?;
-            format!("Disabled {name}; their sessions and API tokens have ended.")
+            "disabled"
         }
         "enable" => {
             accounts::set_disabled(&st.store, actor, &name, false).await?;
-            format!("Enabled {name}.")
+            "enabled"
         }
         "role" => {
             let role = accounts::parse_role(&a.role)?;
             accounts::set_role(&st.store, actor, &name, role).await?;
-            format!("{name} is now {}.", role.as_str())
+            "role"
         }
         "password" => {
             accounts::set_password(&st.store, actor, &name, &a.password).await?;
-            format!("Password of {name} reset; their sessions have ended.")
+            "password"
+        }
+        "revoke-token" => {
+            accounts::revoke_token(&st.store, actor, a.token_id.trim(), Some(&name)).await?;
+            "revoked"
         }
         "token" => {
             let label = if a.label.trim().is_empty() {
@@ -171,7 +239,19 @@ pub async fn users_action(
             } else {
                 a.label.trim().chars().take(64).collect()
             };
-            let token = accounts::create_token(&st.store, actor, &name, &label).await?;
+            let expires_days = match a.expires_days.trim() {
+                "" => None,
+                d => Some(d.parse::<u32>().ok().filter(|d| (1..=3650).contains(d)).ok_or_else(
+                    || {
+                        AppError::bad(
+                            "expires_days",
+                            format!("{d:?} is not a number of days between 1 and 3650 (leave it empty for no expiry)"),
+                        )
+                    },
+                )?),
+            };
+            let made =
+                accounts::create_token(&st.store, actor, &name, &label, expires_days).await?;
             let c = chrome(&st, &me, "users").await;
             // Shown once, on this response only (never in a URL, never stored).
             return Ok(layout(
@@ -181,7 +261,8 @@ pub async fn users_action(
                     h1 { "New API token for " (name) }
                     div.panel {
                         p { "Copy it now: it is shown once. Send it as " code { "Authorization: Bearer <token>" } "." }
-                        p { code #new-token.token { (token) } }
+                        p { code #new-token.token { (made.token) } }
+                        p { "Token id " code { (made.id) } @if let Some(e) = &made.expires_at { ", expires " (when(e)) } @else { ", no expiry" } "." }
                         p { a href="/admin/users" { "Back to users" } }
                     }
                 },
@@ -191,15 +272,19 @@ pub async fn users_action(
         other => {
             return Err(AppError::bad(
                 "action",
-                format!("{other:?} is not one of: add, disable, enable, role, password, token"),
+                format!("{other:?} is not one of: add, disable, enable, role, password, token, revoke-token"),
             ))
         }
     };
-    Ok(Redirect::to(&format!(
-        "/admin/users?done={}",
-        super::auth::urlencode(&done)
+    Ok(done_redirect(done, &name))
+}
+
+fn done_redirect(code: &str, user: &str) -> Response {
+    Redirect::to(&format!(
+        "/admin/users?done={code}&user={}",
+        super::auth::urlencode(user)
     ))
-    .into_response())
+    .into_response()
 }
 
 /// `GET /account`: change your own password.
@@ -208,11 +293,24 @@ pub async fn account_page(
     Extension(me): Extension<CurrentUser>,
 ) -> Result<Markup, AppError> {
     let c = chrome(&st, &me, "account").await;
+    let name = me.username.clone();
+    let must_change = st
+        .store
+        .read(move |c| {
+            Ok(match users::find(c, &name)? {
+                Some((u, _)) => users::must_change_password(c, u.id)?,
+                None => false,
+            })
+        })
+        .await?;
     Ok(layout(
         "Account",
         &c,
         html! {
             h1 { "Your account" }
+            @if must_change {
+                p.flash role="alert" { "Choose your own password before you go on: the one you logged in with was set by someone else." }
+            }
             p { "Logged in as " strong { (me.username) } " (" (me.role.as_str()) ")." }
             div.panel {
                 h2 { "Change your password" }

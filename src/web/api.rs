@@ -1,6 +1,6 @@
 //! JSON API handlers, `/healthz` and `/metrics`.
 
-use axum::body::Bytes;
+use axum::extract::multipart::Field;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::{AppError, AppState};
 use crate::imaging::Window;
-use crate::ingest::{DropData, IngestOutcome, Rejection, Source, CANONICAL_IMAGE};
+use crate::ingest::{
+    DropData, IngestOutcome, Rejection, Source, CANONICAL_IMAGE, MAX_SIDECAR_BYTES, UPLOADS_DIR,
+};
 use crate::scan::verdict::Outcome;
 use crate::scan::{is_valid_scan_id, Direction};
 use crate::store::{self, scans::ScanFilter};
@@ -308,7 +310,71 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
     }
 }
 
+/// One upload's image parts on disk while they arrive, in `<data_dir>/uploads/`; removed
+/// when the request ends however it ends (a crash leaves it to
+/// `ingest::sweep_temp_dirs` at the next start).
+struct UploadDir(std::path::PathBuf);
+
+impl Drop for UploadDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn upload_io(e: std::io::Error) -> AppError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        AppError::InsufficientStorage(
+            "the node's disk is full; the scan was not stored, send it again later".into(),
+        )
+    } else {
+        AppError::Internal(format!("writing an upload to its temp file: {e}"))
+    }
+}
+
+/// Reads one part, refusing it with 413 as soon as it passes `max` bytes: nothing larger
+/// than the limit is ever held or written. With `to` the bytes go to that file as they
+/// arrive (images); without, they are kept (the sidecar, a few kB).
+async fn receive(
+    field: &mut Field<'_>,
+    name: &str,
+    max: u64,
+    to: Option<&std::path::Path>,
+) -> Result<Vec<u8>, AppError> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = match to {
+        Some(p) => Some(tokio::fs::File::create(p).await.map_err(upload_io)?),
+        None => None,
+    };
+    let mut kept = Vec::new();
+    let mut n: u64 = 0;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        n += chunk.len() as u64;
+        if n > max {
+            if to.is_none() {
+                // The sidecar: invalid content rather than a big upload (a few kB).
+                return Err(AppError::Unprocessable {
+                    field: name.to_string(),
+                    message: format!("is larger than {max} bytes, the most a sidecar may be"),
+                });
+            }
+            return Err(AppError::PayloadTooLarge(format!(
+                "part `{name}` is larger than {max} bytes, the most this node accepts (ingest.max_file_mb)"
+            )));
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(&chunk).await.map_err(upload_io)?,
+            None => kept.extend_from_slice(&chunk),
+        }
+    }
+    if let Some(mut f) = file {
+        f.flush().await.map_err(upload_io)?;
+    }
+    Ok(kept)
+}
+
 /// `POST /api/v1/scans`: multipart with parts `sidecar` (JSON), `image`, optional `low`.
+/// The images are streamed to temp files and read back only once complete and within
+/// `ingest.max_file_mb`, so an oversized or slow upload never sits in memory.
 pub async fn post_scan(
     State(st): State<AppState>,
     mut mp: Multipart,
@@ -318,9 +384,16 @@ pub async fn post_scan(
         .clone()
         .try_acquire_owned()
         .map_err(|_| AppError::Unavailable("too many uploads at once; retry shortly".into()))?;
-    let (mut sidecar, mut image, mut low): (Option<Bytes>, Option<Bytes>, Option<Bytes>) =
-        (None, None, None);
-    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+    let dir = UploadDir(
+        st.cfg
+            .data_dir
+            .join(UPLOADS_DIR)
+            .join(uuid::Uuid::new_v4().simple().to_string()),
+    );
+    tokio::fs::create_dir_all(&dir.0).await.map_err(upload_io)?;
+    let max_file = st.cfg.ingest.limits.max_file_bytes;
+    let (mut sidecar, mut image, mut low) = (None, None, None);
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or("").to_string();
         let slot = match name.as_str() {
             "sidecar" => &mut sidecar,
@@ -336,8 +409,32 @@ pub async fn post_scan(
         if slot.is_some() {
             return Err(AppError::bad(&name, "part given twice"));
         }
-        *slot = Some(field.bytes().await.map_err(multipart_error)?);
+        *slot = Some(if name == "sidecar" {
+            receive(&mut field, &name, MAX_SIDECAR_BYTES, None).await?
+        } else {
+            let path = dir.0.join(&name);
+            receive(&mut field, &name, max_file, Some(&path)).await?;
+            Vec::new()
+        });
     }
+    // Complete and within the limits: read the images back for the decoder.
+    let read = |name: &str| {
+        let p = dir.0.join(name);
+        async move {
+            tokio::fs::read(&p)
+                .await
+                .map_err(|e| AppError::Internal(format!("reading back an upload: {e}")))
+        }
+    };
+    let image = match image {
+        Some(_) => Some(read("image").await?),
+        None => None,
+    };
+    let low = match low {
+        Some(_) => Some(read("low").await?),
+        None => None,
+    };
+    drop(dir);
     let reject = |r: Rejection| async {
         st.ingestor.record_rejection(&r, Source::Http).await;
         AppError::from(r)
@@ -358,9 +455,9 @@ pub async fn post_scan(
         .await);
     };
     let data = DropData {
-        sidecar: sidecar.to_vec(),
-        image: image.to_vec(),
-        low: low.map(|b| b.to_vec()),
+        sidecar,
+        image,
+        low,
     };
     match st.ingestor.ingest(meta, data, Source::Http).await? {
         IngestOutcome::Stored { scan_id } => Ok((

@@ -237,6 +237,17 @@ async fn guard(st: AppState, req: Request, next: Next) -> Response {
         ))
         .into_response();
     }
+    // An account made with `riac-node user add` has a password someone else typed: until
+    // its owner has chosen their own, the session may only change it (or log out).
+    if principal.must_change_password && access != Access::Account {
+        if wants_html(req.method(), &path, req.headers()) {
+            return Redirect::to("/account").into_response();
+        }
+        return AppError::Forbidden(
+            "this account must change its password first: open /account".into(),
+        )
+        .into_response();
+    }
     let mut req = req;
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         if let Some(expected) = principal.csrf_token.clone() {
@@ -266,7 +277,23 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Option<Princ
     }
     if let Some(cookie) = cookie(headers, SESSION_COOKIE) {
         let h = secret_hash(cookie);
-        return Ok(st.store.read(move |c| users::session(c, &h)).await?);
+        let now = time::OffsetDateTime::now_utc();
+        let cutoff = format_ts(now - st.cfg.web.session_idle);
+        let h2 = h.clone();
+        let p = st
+            .store
+            .read(move |c| users::session(c, &h2, &cutoff))
+            .await?;
+        // Refresh the idle clock at most once a minute: one write per page view would
+        // queue behind the pipeline's writes for nothing.
+        let stale = format_ts(now - Duration::from_secs(60));
+        if p.as_ref()
+            .and_then(|p| p.last_seen_at.as_deref())
+            .is_some_and(|seen| seen < stale.as_str())
+        {
+            st.store.write(move |t| users::touch_session(t, &h)).await?;
+        }
+        return Ok(p);
     }
     Ok(None)
 }
@@ -332,19 +359,61 @@ pub fn urlencode(s: &str) -> String {
     out
 }
 
+/// Whether `n` may be a login's destination: a local path of plain URL characters only.
+/// Anything else could leave the site (`//host`, `/\\host`), be rewritten by a browser
+/// into that (a tab or newline is stripped, giving `//host`), or not fit in a header.
+fn is_local_path(n: &str) -> bool {
+    n.len() <= 2048
+        && n.starts_with('/')
+        && !n.starts_with("//")
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/?=&%+,:;@!$*()'".contains(&b))
+}
+
 /// Only a local path may be a login's destination (no open redirect to another site).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n) if is_local_path(n) => n.into(),
         _ => "/".into(),
     }
 }
 
-/// Failed logins per client address and per user name in a sliding window.
+/// Longest user name a login attempt may carry; longer ones (and any with a control
+/// character) are refused before they reach the limiter, the store or the log.
+pub const MAX_LOGIN_NAME: usize = 64;
+
+/// Login rate limiting, in three keys per attempt:
+/// - (client address, user name): `max` failures in the window, then 429. Guessing one
+///   password from one address stops here, and it cannot lock the name for anyone else.
+/// - client address alone: `4 * max` failures over all names (password spraying).
+/// - user name alone: once it has `max` failures from anywhere, an address that has itself
+///   failed on it waits 1, 2, 4 ... s (at most `name_backoff_max`) after the name's last
+///   attempt. This slows guessing from many addresses; an address that has not failed on
+///   the name is never held back, so the owner logs in from their own desk at once.
+///
+/// An attempt is counted as a failure *before* its password is checked ([`Self::begin`]),
+/// and taken back when the password was right ([`Self::finish`]): attempts sent in
+/// parallel see each other, so no more than the limit are ever checked.
 pub struct LoginLimiter {
     max: u32,
     window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    name_backoff_max: Duration,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Default)]
+struct LimiterState {
+    next_id: u64,
+    /// Per key, the (time, attempt id) of failures and of attempts still being checked.
+    failures: HashMap<String, VecDeque<(Instant, u64)>>,
+}
+
+/// A login attempt counted by [`LoginLimiter::begin`]; hand it to [`LoginLimiter::finish`].
+#[derive(Debug)]
+pub struct Attempt {
+    id: u64,
+    pair: String,
+    keys: [String; 3],
 }
 
 impl LoginLimiter {
@@ -352,52 +421,96 @@ impl LoginLimiter {
         LoginLimiter {
             max: cfg.login_max_failures,
             window: cfg.login_window,
-            failures: Mutex::new(HashMap::new()),
+            name_backoff_max: cfg.login_name_backoff_max,
+            state: Mutex::new(LimiterState::default()),
         }
     }
 
-    /// Seconds until the next attempt is allowed, if any key is over its limit.
-    pub fn blocked(&self, keys: &[String]) -> Option<u64> {
+    /// Counts an attempt by `client` on `name` as failed until [`Self::finish`] says
+    /// otherwise, or refuses it with the seconds to wait.
+    pub fn begin(&self, client: &str, name: &str) -> Result<Attempt, u64> {
         let now = Instant::now();
-        let mut map = self.failures.lock().expect("limiter lock");
-        let mut wait = None;
-        for k in keys {
-            if let Some(q) = map.get_mut(k) {
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    q.pop_front();
-                }
-                if q.len() as u32 >= self.max {
-                    let oldest = *q.front().expect("non-empty");
-                    let secs = (self.window - now.duration_since(oldest)).as_secs() + 1;
-                    wait = Some(wait.map_or(secs, |w: u64| w.max(secs)));
+        let (ip, pair, user) = (
+            format!("ip:{client}"),
+            format!("pair:{client}|{name}"),
+            format!("user:{name}"),
+        );
+        let mut st = self.state.lock().expect("limiter lock");
+        // A flood of made-up names must not grow the map without bound.
+        if st.failures.len() > 10_000 {
+            let window = self.window;
+            st.failures
+                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(t.0) < window));
+        }
+        let window = self.window;
+        let mut recent = |k: &str| -> Option<(usize, Instant, Instant)> {
+            let q = st.failures.get_mut(k)?;
+            while q.front().is_some_and(|t| now.duration_since(t.0) >= window) {
+                q.pop_front();
+            }
+            Some((q.len(), q.front()?.0, q.back()?.0))
+        };
+        let until_expired = |oldest: Instant| (window - now.duration_since(oldest)).as_secs() + 1;
+        let mut wait: Option<u64> = None;
+        let mut hold = |secs: u64| wait = Some(wait.map_or(secs, |w| w.max(secs)));
+        let pair_seen = recent(&pair);
+        if let Some((n, oldest, _)) = pair_seen {
+            if n as u32 >= self.max {
+                hold(until_expired(oldest));
+            }
+        }
+        if let Some((n, oldest, _)) = recent(&ip) {
+            if n as u32 >= self.max.saturating_mul(4) {
+                hold(until_expired(oldest));
+            }
+        }
+        if let (Some((mine, _, _)), Some((n, _, last))) = (pair_seen, recent(&user)) {
+            if mine > 0 && n as u32 >= self.max {
+                let exp = (n as u32 - self.max).min(20);
+                let delay = Duration::from_secs(1 << exp).min(self.name_backoff_max);
+                let since = now.duration_since(last);
+                if since < delay {
+                    hold((delay - since).as_secs_f64().ceil().max(1.0) as u64);
                 }
             }
         }
-        wait
-    }
-
-    pub fn failed(&self, keys: &[String]) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().expect("limiter lock");
-        // A flood of made-up names must not grow the map without bound.
-        if map.len() > 10_000 {
-            let window = self.window;
-            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        if let Some(w) = wait {
+            return Err(w);
         }
-        for k in keys {
-            let q = map.entry(k.clone()).or_default();
-            q.push_back(now);
-            while q.len() > self.max as usize {
+        st.next_id += 1;
+        let id = st.next_id;
+        let caps = [
+            (ip.clone(), self.max as usize * 4),
+            (pair.clone(), self.max as usize),
+            (user.clone(), self.max as usize + 24),
+        ];
+        for (k, cap) in caps {
+            let q = st.failures.entry(k).or_default();
+            q.push_back((now, id));
+            while q.len() > cap.max(1) {
                 q.pop_front();
             }
         }
+        Ok(Attempt {
+            id,
+            pair: pair.clone(),
+            keys: [ip, pair, user],
+        })
     }
 
-    pub fn succeeded(&self, user_key: &str) {
-        self.failures.lock().expect("limiter lock").remove(user_key);
+    /// Ends an attempt: a wrong password stays counted; a right one is taken back, and
+    /// the address's earlier failures on that name are forgotten.
+    pub fn finish(&self, attempt: Attempt, succeeded: bool) {
+        if !succeeded {
+            return;
+        }
+        let mut st = self.state.lock().expect("limiter lock");
+        for k in &attempt.keys {
+            if let Some(q) = st.failures.get_mut(k) {
+                q.retain(|e| e.1 != attempt.id);
+            }
+        }
+        st.failures.remove(&attempt.pair);
     }
 }
 
@@ -471,14 +584,17 @@ fn login_failed(status: StatusCode, token: &str, next: &str, message: &str) -> R
     r
 }
 
-/// `POST /login`: checks the form's token against the login cookie (login CSRF), the rate
-/// limits, then the password; audits the attempt either way.
+/// `POST /login`: checks the destination, the form's token against the login cookie
+/// (login CSRF), the user name's shape, the rate limits (counting this attempt before the
+/// password is checked), then the password; audits the attempt either way. Every failure
+/// to log in, a scanner account's right password included, gets the same answer.
 pub async fn login(
     State(st): State<AppState>,
     ConnectInfoOpt(client): ConnectInfoOpt,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, AppError> {
+    // First, so that nothing below can answer with an unsafe Location.
     let next = safe_next(f.next.as_deref());
     let login_token = cookie(&headers, LOGIN_COOKIE).unwrap_or("").to_string();
     if login_token.is_empty() || !same_secret(&login_token, &f.csrf) {
@@ -487,20 +603,33 @@ pub async fn login(
         ));
     }
     let name = f.username.trim().to_ascii_lowercase();
-    let keys = [format!("ip:{client}"), format!("user:{name}")];
-    if let Some(wait) = st.auth.limiter.blocked(&keys) {
-        let mut r = login_failed(
-            StatusCode::TOO_MANY_REQUESTS,
+    if name.chars().count() > MAX_LOGIN_NAME || name.chars().any(char::is_control) {
+        // Never a limiter key or a log line: a megabyte name, or one with a newline
+        // forging a log line, goes no further than this.
+        tracing::info!(client = %client, name_bytes = name.len(), "login refused: malformed user name");
+        return Ok(login_failed(
+            StatusCode::BAD_REQUEST,
             &login_token,
             &next,
-            &format!("Too many failed logins. Try again in {wait} s."),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return Ok(r);
+            "username: a user name is at most 64 characters, with no control characters.",
+        ));
     }
+    let attempt = match st.auth.limiter.begin(&client, &name) {
+        Ok(a) => a,
+        Err(wait) => {
+            let mut r = login_failed(
+                StatusCode::TOO_MANY_REQUESTS,
+                &login_token,
+                &next,
+                &format!("Too many failed logins. Try again in {wait} s."),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(r);
+        }
+    };
     let n2 = name.clone();
-    let found = if name.is_empty() || name.len() > 64 {
+    let found = if name.is_empty() {
         None
     } else {
         st.store.read(move |c| users::find(c, &n2)).await?
@@ -521,17 +650,19 @@ pub async fn login(
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?
     };
+    // A scanner account's right password is a failed login like any other: a distinct
+    // answer would tell a guesser that the password is right.
     let user = match user {
-        Some(u) if ok => u,
+        Some(u) if ok && u.role.is_person() => u,
         _ => {
-            st.auth.limiter.failed(&keys);
-            let shown: String = name.chars().take(64).collect();
+            st.auth.limiter.finish(attempt, false);
             let why = match &found {
                 None => "unknown user",
                 Some((u, _)) if u.disabled => "account disabled",
+                Some((u, _)) if ok && !u.role.is_person() => "scanner account at the UI login",
                 _ => "wrong password",
             };
-            let client2 = client.clone();
+            let (shown, client2) = (name.clone(), client.clone());
             st.store
                 .write(move |t| {
                     audit::append(
@@ -543,7 +674,7 @@ pub async fn login(
                     )
                 })
                 .await?;
-            tracing::info!(user = %name, client = %client, reason = why, "login failed");
+            tracing::info!(user = ?name, client = %client, reason = why, "login failed");
             return Ok(login_failed(
                 StatusCode::UNAUTHORIZED,
                 &login_token,
@@ -552,15 +683,7 @@ pub async fn login(
             ));
         }
     };
-    if !user.role.is_person() {
-        return Ok(login_failed(
-            StatusCode::FORBIDDEN,
-            &login_token,
-            &next,
-            "This is a scanner account: it uploads scans with an API token and cannot use the operator UI.",
-        ));
-    }
-    st.auth.limiter.succeeded(&keys[1]);
+    st.auth.limiter.finish(attempt, true);
     let session = new_secret();
     let csrf = new_secret();
     let expires = format_ts(time::OffsetDateTime::now_utc() + st.cfg.web.session_lifetime);
@@ -583,7 +706,7 @@ pub async fn login(
             Ok(())
         })
         .await?;
-    tracing::info!(user = %user.username, client = %client, "login");
+    tracing::info!(user = ?user.username, client = %client, "login");
     let mut r = Redirect::to(&next).into_response();
     let secure = st.tls_on();
     r.headers_mut().append(
@@ -674,25 +797,65 @@ mod tests {
         assert!(!allowed(Access::Admin, Role::Supervisor));
     }
 
-    #[test]
-    fn limiter_blocks_after_max_failures_in_window() {
-        let cfg = WebConfig {
+    fn limiter(max: u32, backoff_max: u64) -> LoginLimiter {
+        LoginLimiter::new(&WebConfig {
             tls: None,
             session_lifetime: Duration::from_secs(60),
-            login_max_failures: 3,
+            session_idle: Duration::from_secs(60),
+            login_max_failures: max,
             login_window: Duration::from_secs(60),
-        };
-        let l = LoginLimiter::new(&cfg);
-        let keys = ["ip:1".to_string(), "user:bob".to_string()];
+            login_name_backoff_max: Duration::from_secs(backoff_max),
+        })
+    }
+
+    #[test]
+    fn limiter_blocks_a_pair_after_max_failures_in_window() {
+        let l = limiter(3, 30);
         for _ in 0..3 {
-            assert_eq!(l.blocked(&keys), None);
-            l.failed(&keys);
+            let a = l.begin("1", "bob").unwrap();
+            l.finish(a, false);
         }
-        let wait = l.blocked(&keys).unwrap();
+        let wait = l.begin("1", "bob").unwrap_err();
         assert!((1..=61).contains(&wait), "{wait}");
-        // Another user from the same address is blocked too (the address is over).
-        assert!(l.blocked(&["ip:1".into(), "user:eve".into()]).is_some());
-        assert!(l.blocked(&["ip:2".into(), "user:eve".into()]).is_none());
+        // Another name from that address, and that name from a fresh address, go on.
+        assert!(l.begin("1", "eve").is_ok());
+        let a = l
+            .begin("2", "bob")
+            .expect("a fresh address is never held back");
+        l.finish(a, true);
+    }
+
+    #[test]
+    fn attempts_count_before_their_password_is_checked() {
+        // Three attempts still being checked fill the pair's limit: a fourth sent at the
+        // same time is refused, not checked.
+        let l = limiter(3, 30);
+        let pending: Vec<Attempt> = (0..3).map(|_| l.begin("1", "bob").unwrap()).collect();
+        assert!(l.begin("1", "bob").is_err());
+        // A right password takes its attempt back and clears the pair.
+        let mut it = pending.into_iter();
+        l.finish(it.next().unwrap(), true);
+        assert!(l.begin("1", "bob").is_ok());
+    }
+
+    #[test]
+    fn an_address_spraying_names_is_stopped_and_a_name_under_attack_slows_down() {
+        let l = limiter(2, 30);
+        for i in 0..8 {
+            let a = l.begin("9", &format!("user{i}")).unwrap();
+            l.finish(a, false);
+        }
+        assert!(l.begin("9", "other").is_err(), "4 x max over all names");
+        // Many addresses guessing one name: after max failures on the name, an address
+        // that failed on it waits; a fresh address does not.
+        let l = limiter(2, 30);
+        for addr in ["a", "b", "c"] {
+            let a = l.begin(addr, "carol").unwrap();
+            l.finish(a, false);
+        }
+        let wait = l.begin("a", "carol").unwrap_err();
+        assert!((1..=30).contains(&wait), "{wait}");
+        assert!(l.begin("fresh", "carol").is_ok());
     }
 
     #[test]
@@ -701,6 +864,17 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(None), "/");
+        for bad in [
+            "/\t/evil.example",
+            "/\n",
+            "/\x7f",
+            "/\0",
+            "/\\evil",
+            "/ x",
+            "/é",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
         assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("a", "ab"));
     }
 }

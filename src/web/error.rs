@@ -70,7 +70,12 @@ impl From<IngestError> for AppError {
             e @ IngestError::Conflict { .. } => AppError::Conflict(e.to_string()),
             e @ IngestError::InFlight(_) => AppError::Conflict(e.to_string()),
             IngestError::ShuttingDown => AppError::Unavailable("the node is shutting down".into()),
-            e @ IngestError::DiskFull(_) => AppError::InsufficientStorage(e.to_string()),
+            // The log names the data dir and free space; the client learns only what to
+            // do (a path is of no use to a scanner and tells an attacker the layout).
+            IngestError::DiskFull(d) => AppError::InsufficientStorage(format!(
+                "the node's disk is full: {} MB free, below the floor of {} MB (retention.min_free_gb) and nothing more may be evicted; the scan was not stored, send it again later",
+                d.free_mb, d.floor_mb
+            )),
             IngestError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 AppError::InsufficientStorage(
                     "the node's disk is full; the scan was not stored, send it again later".into(),

@@ -3,8 +3,9 @@
 //! status, accounts). [`router`] is built apart from the server so tests drive it with
 //! `oneshot`; [`spawn_server`] runs it over HTTP or HTTPS. Every route passes the access
 //! middleware in [`auth`]. Handlers only read the store, hand drops to the ingestor, or
-//! write decisions, account changes and evidence-export audit lines through the one
-//! writer; they never block the pipeline, and a browser never sees internal error text.
+//! write decisions, account and session changes and evidence-export audit lines through
+//! the one writer; they never block the pipeline, and a browser never sees internal error
+//! text.
 
 pub mod accounts;
 mod admin;
@@ -56,7 +57,8 @@ pub struct AppState {
     pub store: Store,
     pub ingestor: Ingestor,
     pub metrics: Metrics,
-    /// Uploads hold whole images in memory: past this many at once, answer 503.
+    /// Uploads at once (each streamed to disk, then decoded in memory): past this many,
+    /// answer 503.
     pub upload_permits: Arc<Semaphore>,
     pub auth: Arc<auth::AuthState>,
     /// Moves when a scan or verdict is stored (see [`events`]); the queue listens.
@@ -109,9 +111,11 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    // An upload carries the image, maybe a low-energy image and the sidecar.
-    let upload_limit = (state.cfg.ingest.limits.max_file_bytes * 2 + 2 * 1024 * 1024)
-        .min(usize::MAX as u64) as usize;
+    // An upload carries the image, maybe a low-energy image and the sidecar, plus the
+    // multipart framing. Each part is also checked against its own limit as it arrives.
+    let upload_limit =
+        (state.cfg.ingest.limits.max_file_bytes * 2 + crate::ingest::MAX_SIDECAR_BYTES + 64 * 1024)
+            .min(usize::MAX as u64) as usize;
     let timeout = state.cfg.request_timeout;
     let authn = axum::middleware::from_fn_with_state(state.clone(), auth::layer);
     // Outside the request timeout: the event stream lives as long as the page, and an

@@ -134,6 +134,8 @@ pub async fn page(
         None
     };
     let c = chrome(&st, &me, "status").await;
+    let unsigned_commands =
+        st.cfg.uplink.broker.is_some() && st.cfg.uplink.centre_public_key.is_none();
     let f = &s["figures"];
     let n = |v: &Value| v.as_i64().unwrap_or(0);
     let body = html! {
@@ -171,6 +173,11 @@ pub async fn page(
             }
             div.panel {
                 h2 { "Uplink to the central RIAC" }
+                @if unsigned_commands {
+                    p.warn #unsigned-commands role="alert" {
+                        "Commands from the centre are accepted unsigned (uplink.allow_unsigned_commands = true): anyone who can publish on this node's command topic can change its thresholds, add library references and pull scan images. Set uplink.centre_public_key to the centre's key."
+                    }
+                }
                 table.kv {
                     tr { th { "Outbox depth" } td #outbox-depth { (n(&s["outbox"]["depth"])) " message(s)" } }
                     tr { th { "Oldest unsent" } td #outbox-oldest {

@@ -98,9 +98,10 @@ impl TestNode {
             Ok(_) | Err(accounts::AccountError::Exists(_)) => {}
             Err(e) => panic!("creating the test admin: {e}"),
         }
-        let token = accounts::create_token(&node.store, "cli", TEST_ADMIN, "tests")
+        let token = accounts::create_token(&node.store, "cli", TEST_ADMIN, "tests", None)
             .await
-            .unwrap();
+            .unwrap()
+            .token;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,

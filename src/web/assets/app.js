@@ -196,7 +196,7 @@ async function initStatus() {
       row("uplink-puback", "Last acknowledged", when(u.last_puback_at) + " (" + esc(u.acknowledged) + " since start)") +
       row("uplink-quota", "Outbox quota", (100 * (ob.used_fraction || 0)).toFixed(1) + "% used, " + esc(ob.alert || "ok"), quota) +
       row("uplink-entries", "Entry packages", esc(ep.received || 0) + " received, " + esc(ep.rejected || 0) + " refused, " + esc(ep.queued || 0) + " to send") +
-      row("uplink-commands", "Commands", esc(cmd.received || 0) + " received, " + esc(cmd.failed || 0) + " failed" + (u.commands_require_signature ? " (signed only)" : "")) +
+      row("uplink-commands", "Commands", esc(cmd.received || 0) + " received, " + esc(cmd.failed || 0) + " failed" + (u.commands_require_signature ? " (signed only)" : " (UNSIGNED accepted: uplink.allow_unsigned_commands)"), !u.commands_require_signature) +
       row("uplink-key", "Node public key", '<span class="mono">' + esc(u.node_public_key || "none") + "</span>") +
       "</table>");
   } catch (e) {
