@@ -41,6 +41,13 @@ impl Span {
     pub fn is_empty(&self) -> bool {
         self.c1 <= self.c0
     }
+
+    /// Whether the roof is the image's top edge rather than the roof: a scanner whose
+    /// detector column ends below a tall carrier cuts it off there, and the true roof is
+    /// somewhere above. Such a roof anchors nothing.
+    pub fn roof_cropped(&self) -> bool {
+        self.roof <= 1.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -432,7 +432,14 @@ pub fn compare(
     let quality = alignment_quality(
         &e,
         &xm,
-        &shell_bands(&le.spans, pe.mm, [bx0, by0], cw, ch),
+        &shell_bands(
+            &le.spans,
+            le.main().roof_cropped() || lx.main().roof_cropped(),
+            pe.mm,
+            [bx0, by0],
+            cw,
+            ch,
+        ),
         &blobs,
     );
     tm.difference_ms = ms(t);
@@ -532,9 +539,11 @@ fn round3(v: f64) -> f64 {
 /// The carriers' own structure, which no tampering with the load moves: a band along the
 /// roof and top rails, one just above the floor ridge (below it the trailer, maybe another
 /// one, begins), and one inside each end wall. Pixels of the `w` x `h` crop at `off`,
-/// band by band.
+/// band by band. `roof_cut`: one of the scans cut the roof off, so there is no roof band
+/// to compare.
 fn shell_bands(
     spans: &[layout::Span],
+    roof_cut: bool,
     mm: [f64; 2],
     off: [usize; 2],
     w: usize,
@@ -557,7 +566,9 @@ fn shell_bands(
     for s in spans {
         let (c0, c1) = (s.c0 as i64, s.c1 as i64);
         let (roof, floor) = (s.roof.round() as i64, s.floor.round() as i64);
-        bands.push(rect(c0, roof - 2, c1, roof + roof_band));
+        if !roof_cut {
+            bands.push(rect(c0, roof - 2, c1, roof + roof_band));
+        }
         bands.push(rect(c0, floor - floor_band, c1, floor + 1));
         bands.push(rect(
             c0 - 2,

@@ -135,20 +135,44 @@ fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<Vertical
     } else {
         (0.6, 1.7, 0.005)
     };
-    let anchor = |a: f64| sx.roof as f64 - a * se.roof as f64;
+    // The roofs anchor the map. When one scan cut its carrier's roof off, the image's top
+    // edge is no roof: the floors, found in both, are tried as the anchor too, and the
+    // profiles decide (a floor ridge can be the trailer's beams in one scan).
+    let roof_anchor = |a: f64| sx.roof as f64 - a * se.roof as f64;
+    let floor_anchor = |a: f64| sx.floor as f64 - a * se.floor as f64;
+    let cropped = se.roof_cropped() || sx.roof_cropped();
     let mut best = (f64::NEG_INFINITY, 1.0, 0.0);
-    let mut a = lo;
-    while a <= hi {
-        // The roofs are found to a pixel or so in both scans.
-        for k in -3..=3 {
-            let b = anchor(a) + 0.5 * k as f64;
-            let c = profile_match(seg, y0, &gx, a, b, &mut buf);
-            if c > best.0 {
-                best = (c, a, b);
-            }
+    let mut by_floor = false;
+    for floor in [false, true] {
+        if floor && !cropped {
+            break;
         }
-        a += step;
+        let mut a = lo;
+        while a <= hi {
+            // The roofs (floors) are found to a pixel or so in both scans.
+            let base = if floor {
+                floor_anchor(a)
+            } else {
+                roof_anchor(a)
+            };
+            for k in -3..=3 {
+                let b = base + 0.5 * k as f64;
+                let c = profile_match(seg, y0, &gx, a, b, &mut buf);
+                if c > best.0 {
+                    best = (c, a, b);
+                    by_floor = floor;
+                }
+            }
+            a += step;
+        }
     }
+    let anchor = |a: f64| {
+        if by_floor {
+            floor_anchor(a)
+        } else {
+            roof_anchor(a)
+        }
+    };
     // Refine around the best.
     let (_, a0, b0) = best;
     for ia in -10..=10 {
@@ -570,5 +594,28 @@ mod tests {
                 "mirrored {mirrored}: worst column error {worst}"
             );
         }
+    }
+
+    #[test]
+    fn a_cropped_roof_anchors_nothing_the_floors_do() {
+        // The entry scanner's detector ends 60 rows below the roof (the image starts inside
+        // the box); the exit shows the whole carrier, 14 rows higher.
+        let full = truck(true);
+        let cut = 120;
+        let mut e = Plane::new(full.w, full.h - cut);
+        for y in 0..e.h {
+            for x in 0..e.w {
+                e.set(x, y, full.at(x, y + cut));
+            }
+        }
+        let (x, _) = rescanned(&full, false, 1.0, -14.0);
+        let (pe, px) = (prepared(e), prepared(x));
+        let le = find(&pe.att, pe.mm).unwrap();
+        let lx = find(&px.att, px.mm).unwrap();
+        assert!(le.main().roof_cropped() && !lx.main().roof_cropped());
+        let al = register(&pe, &le, &px, &lx, None).unwrap();
+        // Entry row y is source row y + 120, which the exit shows at y + 106.
+        assert!((al.vmap.a - 1.0).abs() < 0.02, "{:?}", al.vmap);
+        assert!((al.vmap.apply(150.0) - 256.0).abs() < 1.5, "{:?}", al.vmap);
     }
 }
