@@ -671,26 +671,7 @@ async fn a_broker_without_a_centre_key_needs_explicit_consent_shown_on_the_statu
 async fn an_account_from_user_add_changes_its_password_first_and_idle_sessions_end() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
-    let mut add = Command::new(env!("CARGO_BIN_EXE_riac-node"))
-        .args(["user", "add", "nina", "--role", "operator", "--data-dir"])
-        .arg(&node.data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(b"typed-by-admin-1\n")
-        .unwrap();
-    let out = add.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_user_add(&node.data, "nina", "operator", "typed-by-admin-1");
 
     let h = login(&node.base, "nina", "typed-by-admin-1").await;
     let c = client_from(1);

@@ -451,12 +451,12 @@ pub fn dicom_dir() -> PathBuf {
     dir
 }
 
-/// Creates a scanner account with the real CLI (password on stdin) on the node whose data
-/// dir is `data`, then an API token for it; returns the token.
-pub fn cli_scanner_token(data: &Path) -> String {
+/// `riac-node user add NAME --role ROLE` on the node whose data dir is `data`, the
+/// password typed on stdin as an engineer would.
+pub fn cli_user_add(data: &Path, name: &str, role: &str, password: &str) {
     use std::io::Write;
     let mut add = Command::new(env!("CARGO_BIN_EXE_riac-node"))
-        .args(["user", "add", "scanner1", "--role", "scanner", "--data-dir"])
+        .args(["user", "add", name, "--role", role, "--data-dir"])
         .arg(data)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -466,7 +466,7 @@ pub fn cli_scanner_token(data: &Path) -> String {
     add.stdin
         .take()
         .unwrap()
-        .write_all(b"scanner-password-1\n")
+        .write_all(format!("{password}\n").as_bytes())
         .unwrap();
     let out = add.wait_with_output().unwrap();
     assert!(
@@ -474,6 +474,12 @@ pub fn cli_scanner_token(data: &Path) -> String {
         "user add: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Creates a scanner account with the real CLI (password on stdin) on the node whose data
+/// dir is `data`, then an API token for it; returns the token.
+pub fn cli_scanner_token(data: &Path) -> String {
+    cli_user_add(data, "scanner1", "scanner", "scanner-password-1");
     let out = Command::new(env!("CARGO_BIN_EXE_riac-node"))
         .args(["user", "token", "scanner1", "--label", "test", "--data-dir"])
         .arg(data)
