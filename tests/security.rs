@@ -30,20 +30,10 @@ fn client_from(last: u8) -> reqwest::Client {
         .unwrap()
 }
 
-fn cookie_value(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
-    h.get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 /// The login form's token (also its cookie), as a browser gets it from `GET /login`.
 async fn login_token(c: &reqwest::Client, base: &str) -> String {
     let r = c.get(format!("{base}/login")).send().await.unwrap();
-    cookie_value(r.headers(), "riac_login").expect("login cookie")
+    set_cookie_value(r.headers(), "riac_login").expect("login cookie")
 }
 
 /// `POST /login` with `token` from [`login_token`]; returns status, headers and body.

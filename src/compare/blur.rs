@@ -144,6 +144,24 @@ fn apply(p: &Plane, centres: &[f32], radii: &[usize]) -> Plane {
     out
 }
 
+/// The [`RESIDUAL_Q`] quantile of |a - b| over each band's pixels (`None` for a band with
+/// too few to say).
+fn band_residuals(
+    a: &Plane,
+    b: &Plane,
+    by_band: &[Vec<(usize, usize)>],
+    buf: &mut Vec<f32>,
+) -> Vec<Option<f32>> {
+    by_band
+        .iter()
+        .map(|pix| {
+            buf.clear();
+            buf.extend(pix.iter().map(|&(x, y)| (a.at(x, y) - b.at(x, y)).abs()));
+            (buf.len() >= 100).then(|| quantile(buf, RESIDUAL_Q))
+        })
+        .collect()
+}
+
 /// Columns 0, 2, 4, ... of `p`.
 fn even_columns(p: &Plane) -> Plane {
     let mut out = Plane::new(p.w.div_ceil(2), p.h);
@@ -172,40 +190,13 @@ pub fn match_blur(e: &Plane, x: &Plane, roi: &Roi) -> BlurMatch {
         by_band[band_of(py)].push((px / 2, py));
     }
     let (e, x) = (&even_columns(e), &even_columns(x));
-    let mut buf = Vec::new();
-    let mut residuals = |a: &Plane, b: &Plane| -> Vec<Option<f32>> {
-        by_band
-            .iter()
-            .map(|pix| {
-                buf.clear();
-                buf.extend(
-                    pix.iter()
-                        .map(|&(px, py)| (a.at(px, py) - b.at(px, py)).abs()),
-                );
-                (buf.len() >= 100).then(|| quantile(&mut buf, RESIDUAL_Q))
-            })
-            .collect()
-    };
-    let base = residuals(e, x);
+    let base = band_residuals(e, x, &by_band, &mut Vec::new());
     // Each candidate blur's residuals, the entry's and the exit's on two threads.
     let candidates = |a: &Plane, b: &Plane| -> Vec<Vec<Option<f32>>> {
         let mut buf = Vec::new();
         RADII[1..]
             .iter()
-            .map(|&r| {
-                let ab = vblur(a, r);
-                by_band
-                    .iter()
-                    .map(|pix| {
-                        buf.clear();
-                        buf.extend(
-                            pix.iter()
-                                .map(|&(px, py)| (ab.at(px, py) - b.at(px, py)).abs()),
-                        );
-                        (buf.len() >= 100).then(|| quantile(&mut buf, RESIDUAL_Q))
-                    })
-                    .collect()
-            })
+            .map(|&r| band_residuals(&vblur(a, r), b, &by_band, &mut buf))
             .collect()
     };
     let (from_e, from_x) = super::both(|| candidates(e, x), || candidates(x, e));

@@ -500,7 +500,8 @@ pub fn cli_scanner_token(data: &Path) -> String {
     token
 }
 
-fn set_cookie_value(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+/// The value of the cookie `name` that a response sets.
+pub fn set_cookie_value(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
     h.get_all(reqwest::header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
