@@ -198,7 +198,7 @@ pub fn find(att: &Plane, mm: [f64; 2]) -> Result<Layout, LayoutError> {
 }
 
 /// Maximal runs `[a, z)` of indices whose value satisfies `pred`.
-fn runs_of(v: &[usize], pred: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
+pub(crate) fn runs_of<T: Copy>(v: &[T], pred: impl Fn(T) -> bool) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, &x) in v.iter().enumerate() {

@@ -351,7 +351,7 @@ fn measure_carrier(att: &Plane, mm: [f64; 2], s: &Span) -> Option<CarrierFill> {
     let wall_measured = quantile(&mut levels, WALL_COLUMN_Q).max(0.0);
     let wall_plausible = wall_measured <= WALL_MAX;
     let wall = wall_measured.min(WALL_MAX);
-    let rects: Vec<[usize; 4]> = runs(&keep)
+    let rects: Vec<[usize; 4]> = layout::runs_of(&keep, |k| k)
         .into_iter()
         .map(|(a, b)| [x0 + a, y0, x0 + b, y1])
         .collect();
@@ -423,26 +423,6 @@ fn measure_carrier(att: &Plane, mm: [f64; 2], s: &Span) -> Option<CarrierFill> {
         excess: above / n / f64::from(wall.max(WALL_REF_MIN)),
         twin,
     })
-}
-
-/// Runs `[a, b)` of `true`.
-fn runs(keep: &[bool]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, &k) in keep.iter().enumerate() {
-        match (k, start) {
-            (true, None) => start = Some(i),
-            (false, Some(a)) => {
-                out.push((a, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(a) = start {
-        out.push((a, keep.len()));
-    }
-    out
 }
 
 #[cfg(test)]
