@@ -84,7 +84,48 @@ pub fn run(config_path: &Path, ov: &Overrides) -> Vec<Check> {
     checks.push(check_listen(&cfg));
     checks.push(check_model(&cfg));
     checks.push(check_broker(&cfg));
+    checks.push(check_centre_key(&cfg));
     checks
+}
+
+/// The centre command key the shipped site templates carry until the engineer sets the
+/// centre's own (firmware-config/sites/*.toml): a valid key generated for the templates
+/// whose private half was not kept, so commands are refused rather than run unsigned.
+const TEMPLATE_CENTRE_KEY_HEX: &str =
+    "6fee6eaa0e123cc541d3febd2c98527867166bfa07d618ac1a82976491a15642";
+
+/// Whose commands the node will run: the template's placeholder key (every command
+/// refused) and unsigned commands (anyone on the broker) are both worth a warning.
+fn check_centre_key(cfg: &Config) -> Check {
+    let up = &cfg.uplink;
+    match &up.centre_public_key {
+        Some(k) => {
+            let hex: String = k.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            if hex == TEMPLATE_CENTRE_KEY_HEX {
+                Check::new(
+                    "centre key",
+                    Status::Warn,
+                    "uplink.centre_public_key is still the site template's placeholder: every command from the centre is refused until the centre's own key is set",
+                )
+            } else {
+                Check::new(
+                    "centre key",
+                    Status::Pass,
+                    "commands must carry the centre's signature (uplink.centre_public_key)",
+                )
+            }
+        }
+        None if up.broker.is_some() && up.allow_unsigned_commands => Check::new(
+            "centre key",
+            Status::Warn,
+            "uplink.allow_unsigned_commands = true: anyone who can publish on this node's command topic can change thresholds, add references and pull images; set uplink.centre_public_key",
+        ),
+        None => Check::new(
+            "centre key",
+            Status::Pass,
+            "no uplink.broker: no centre commands to verify",
+        ),
+    }
 }
 
 /// The scanner writes into the hot folder and the node reads, renames and moves drops
