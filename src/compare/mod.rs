@@ -7,8 +7,8 @@
 //! (orientation, vertical scale/offset, non-rigid horizontal DTW warp), [`blur`] (the
 //! sharper scan blurred to the other's sharpness), [`diff`] (response curve, tolerant
 //! difference, noise, changed areas), then the common measurable range, scores, outputs
-//! and timings here. [`compare`] is a pure, blocking, CPU-bound function: callers run it off the async
-//! runtime. This module never touches files, the store or the network, and never guesses:
+//! and timings here. [`compare`] is a pure, blocking, CPU-bound function: callers run it
+//! off the async runtime. This module never touches files, the store or the network, and never guesses:
 //! a pair it cannot align is `Inconclusive` with the reason.
 
 pub mod bench;
@@ -151,13 +151,13 @@ fn ceiling(p: &Plane) -> f32 {
     plane::quantile(&mut v, CEILING_Q)
 }
 
-/// Both scans clipped at the densest level both measure (entry photometry). Two scanners
+/// A scan clipped at the densest level both scans measure (entry photometry). Two scanners
 /// see through different amounts of steel (a 1.25 MeV gamma source or a mobile unit
 /// reaches its floor where a 9 MeV portal still measures): beyond the lower of the two
 /// ceilings one of them reads only its floor, and a difference there is the scanners,
 /// not the load. A load changed from opaque to less than the ceiling still shows.
-fn clip_common(e: &mut Plane, x: &mut Plane, ceiling_od: f32) {
-    for v in e.v.iter_mut().chain(x.v.iter_mut()) {
+fn clip(p: &mut Plane, ceiling_od: f32) {
+    for v in p.v.iter_mut() {
         *v = v.min(ceiling_od);
     }
 }
@@ -404,10 +404,12 @@ pub fn compare(
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
-    clip_common(&mut e, &mut xm, common);
+    clip(&mut e, common);
+    clip(&mut xm, common);
     let sharpness = blur::match_blur(&e, &xm, &roi);
     det.blur_sigma_px = Some(sharpness.max_sigma().map(round3));
-    let mut e = sharpness.apply_entry(&e);
+    // The entry is clipped and blurred once; only the re-warped exit is again below.
+    let e = sharpness.apply_entry(&e);
     let xm = sharpness.apply_exit(&xm);
     // Registration uses the whole crop: the roof, the floor and the end walls anchor it.
     let whole = Roi {
@@ -423,7 +425,7 @@ pub fn compare(
     for v in xm.v.iter_mut() {
         *v = response.apply(*v);
     }
-    clip_common(&mut e, &mut xm, common);
+    clip(&mut xm, common);
     let xm = sharpness.apply_exit(&xm);
     let d = diff::tolerant_diff(&e, &xm, tolerance_px(pe.mm));
     let noise = NoiseModel::measure(&e, &xm, &roi);
