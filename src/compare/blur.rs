@@ -6,8 +6,8 @@
 //! crisp. Differencing a sharp scan against a blurred one reports every gap between two
 //! layers of goods as a change. So the sharper scan is blurred vertically to the other's
 //! sharpness, band of rows by band of rows, by the amount that makes the two agree best
-//! over most of the compared area (a quantile of the residual, so a changed area cannot
-//! choose the blur). Pure computation on the analysis grid; it never moves anything (the
+//! over most of the compared area where either scan has a horizontal edge (a quantile of
+//! the residual, so a changed area cannot choose the blur). Pure computation on the analysis grid; it never moves anything (the
 //! registration does that) and never blurs a scan towards a sharper one.
 
 use super::diff::Roi;
@@ -26,6 +26,10 @@ const RESIDUAL_Q: f32 = 0.6;
 /// A blur must cut that residual by this share to be taken: noise alone favours blurring
 /// a little, and a blur that buys nothing only costs sensitivity.
 const MIN_GAIN: f32 = 0.1;
+/// A pixel is near a horizontal edge when the attenuation changes by more than
+/// [`EDGE_OD`] (several times the noise of a dense load) over ±[`EDGE_REACH`] rows.
+const EDGE_REACH: usize = 3;
+const EDGE_OD: f32 = 0.1;
 
 /// Which scan is blurred, by how much, per band of rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,8 +189,19 @@ pub fn match_blur(e: &Plane, x: &Plane, roi: &Roi) -> BlurMatch {
     // Every other pixel in each direction is plenty for a quantile; grouped by band once.
     // The blur is vertical, so every other column blurred alone is exact there: the
     // candidates are judged on half-width planes.
+    // Only pixels near a horizontal edge in either scan: a vertical blur changes nothing
+    // on flat areas (air above a low load, the inside of a block), and a band that is
+    // mostly flat would otherwise hide its edges' disagreement under the quantile.
+    let edge = |p: &Plane, x: usize, y: usize| {
+        let (a, b) = (y.saturating_sub(EDGE_REACH), (y + EDGE_REACH).min(p.h - 1));
+        (p.at(x, b) - p.at(x, a)).abs() > EDGE_OD
+    };
     let mut by_band: Vec<Vec<(usize, usize)>> = vec![Vec::new(); BANDS];
-    for (px, py) in roi.pixels().filter(|&(px, py)| px % 2 == 0 && py % 2 == 0) {
+    for (px, py) in roi
+        .pixels()
+        .filter(|&(px, py)| px % 2 == 0 && py % 2 == 0)
+        .filter(|&(px, py)| edge(e, px, py) || edge(x, px, py))
+    {
         by_band[band_of(py)].push((px / 2, py));
     }
     let (e, x) = (&even_columns(e), &even_columns(x));
@@ -292,6 +307,23 @@ mod tests {
         assert!(m.entry.iter().all(|&k| k == 0), "{m:?}");
         // The same scan twice: nothing to match.
         assert_eq!(match_blur(&sharp, &sharp, &r).max_sigma(), [0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_low_load_under_much_air_still_gets_its_blur() {
+        // Layered goods in the left quarter only, air elsewhere: most of each band is
+        // flat, and only the layers' edges can tell the blur.
+        let (w, h) = (200, 240);
+        let mut sharp = layers(w, h);
+        for y in 0..h {
+            for x in 50..w {
+                sharp.set(x, y, 0.05);
+            }
+        }
+        let soft = vblur(&sharp, 4);
+        let m = match_blur(&sharp, &soft, &roi(w, h));
+        assert!(m.entry.iter().all(|&k| (3..=6).contains(&k)), "{m:?}");
+        assert!(m.exit.iter().all(|&k| k == 0), "{m:?}");
     }
 
     #[test]

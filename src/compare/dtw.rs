@@ -4,7 +4,10 @@
 //! two diagonal cells: the local slope stays within [2/3, 3/2], which is what two passes
 //! whose speeds each vary by ±20 % can produce, and an object present in only one scan can
 //! neither be squeezed into one column of the other nor stretched over its neighbours (it
-//! has to show up as a difference). Every matched cell costs its distance once and a
+//! has to show up as a difference). A truck that stops and goes in one portal stretches
+//! part of its load several times over: steep steps (k columns against one, up to
+//! `max_slope`) follow it, each extra column paying a penalty, so they are taken only
+//! where the images clearly ask for them. Every matched cell costs its distance once and a
 //! stretch costs a penalty on top. A band restricts each row to a window of columns (the
 //! coarse pass runs with the full band, the fine pass around the coarse path), and the ends
 //! are free: a path may start and end anywhere on the border by paying, for each column it
@@ -80,6 +83,13 @@ pub struct DtwParams {
     /// Free ends (start and end anywhere on the border, paying for what is left out);
     /// otherwise the path runs from the first pair to the last.
     pub free_ends: bool,
+    /// Steepest local slope allowed beyond the stretch steps' 3/2: with 2 or more, steps
+    /// of `k` columns of one sequence against one of the other (k = 2..=`max_slope`) are
+    /// allowed too, each extra column costing `steep_penalty` (a truck that stops and
+    /// goes in one scanner and not in the other stretches a stretch of its load several
+    /// times over).
+    pub max_slope: usize,
+    pub steep_penalty: f32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +172,10 @@ const DIAG: u8 = 1;
 const UP: u8 = 2;
 /// From (i-2, j-3): one step in `b` alone, then two diagonal.
 const LEFT: u8 = 3;
+/// From (i-k, j-1): `k` - 1 steps in `a` alone, then a diagonal; move `STEEP_A + k`.
+const STEEP_A: u8 = 10;
+/// From (i-1, j-k): `k` - 1 steps in `b` alone, then a diagonal; move `STEEP_B + k`.
+const STEEP_B: u8 = 40;
 
 /// Warps `a` onto `b` within `band`. `None` if either sequence is empty.
 #[allow(clippy::needless_range_loop)] // cells are addressed by (i, j) throughout
@@ -245,6 +259,32 @@ pub fn dtw(a: &Feats, b: &Feats, band: &Band, p: &DtwParams) -> Option<DtwPath> 
                     }
                 }
             }
+            for st in 2..=p.max_slope.min(STEEP_B as usize - STEEP_A as usize - 1) {
+                if i >= st && j >= 1 {
+                    if let Some(q) = idx(i - st, j - 1) {
+                        let mut c = cost[q] + (st - 1) as f32 * p.steep_penalty;
+                        for t in 1..st {
+                            c += dd(&dist, i - t, j - 1);
+                        }
+                        if c < best {
+                            best = c;
+                            mv = STEEP_A + st as u8;
+                        }
+                    }
+                }
+                if j >= st && i >= 1 {
+                    if let Some(q) = idx(i - 1, j - st) {
+                        let mut c = cost[q] + (st - 1) as f32 * p.steep_penalty;
+                        for t in 1..st {
+                            c += dd(&dist, i - 1, j - t);
+                        }
+                        if c < best {
+                            best = c;
+                            mv = STEEP_B + st as u8;
+                        }
+                    }
+                }
+            }
             cost[k] = best + d;
             from[k] = mv;
         }
@@ -299,6 +339,22 @@ pub fn dtw(a: &Feats, b: &Feats, band: &Band, p: &DtwParams) -> Option<DtwPath> 
                 i -= 2;
                 j -= 3;
             }
+            m if m > STEEP_B => {
+                let st = (m - STEEP_B) as usize;
+                for t in 1..st {
+                    path.push((i - 1, j - t));
+                }
+                i -= 1;
+                j -= st;
+            }
+            m if m > STEEP_A => {
+                let st = (m - STEEP_A) as usize;
+                for t in 1..st {
+                    path.push((i - t, j - 1));
+                }
+                i -= st;
+                j -= 1;
+            }
             _ => break,
         }
     }
@@ -349,6 +405,8 @@ mod tests {
             step_penalty: 0.02,
             skip_weight: 1.0,
             free_ends: true,
+            max_slope: 1,
+            steep_penalty: 0.0,
         };
         let r = dtw(&feats(&a), &feats(&b), &Band::full(200, 220), &p).unwrap();
         // For each a column inside the object, the matched b column maps back within 2.
@@ -361,6 +419,39 @@ mod tests {
         assert!(worst <= 2.0, "worst {worst}");
     }
 
+    /// The truck braked to a third of its speed for a while in `b`'s scanner: a stretch of
+    /// the object three times as long there.
+    fn stop_and_go(t: f32) -> f32 {
+        match t {
+            t if t < 60.0 => t,
+            t if t < 150.0 => 60.0 + (t - 60.0) / 3.0,
+            t => t - 60.0,
+        }
+    }
+
+    #[test]
+    fn follows_a_stop_and_go_stretch_only_with_steep_steps() {
+        let a = signal(|t| t, 200);
+        let b = signal(stop_and_go, 260);
+        let worst = |max_slope: usize| {
+            let p = DtwParams {
+                step_penalty: 0.02,
+                skip_weight: 1.0,
+                free_ends: true,
+                max_slope,
+                steep_penalty: 0.05,
+            };
+            let r = dtw(&feats(&a), &feats(&b), &Band::full(200, 260), &p).unwrap();
+            r.path
+                .iter()
+                .filter(|&&(i, _)| (30..170).contains(&i))
+                .map(|&(i, j)| (stop_and_go(j as f32) - i as f32).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(worst(4) <= 2.0, "steep steps: worst {}", worst(4));
+        assert!(worst(1) > 4.0, "slope 3/2 at most: worst {}", worst(1));
+    }
+
     #[test]
     fn banded_pass_around_a_coarse_path_agrees_with_the_full_one() {
         let a = signal(|t| t, 200);
@@ -369,6 +460,8 @@ mod tests {
             step_penalty: 0.02,
             skip_weight: 1.0,
             free_ends: true,
+            max_slope: 1,
+            steep_penalty: 0.0,
         };
         let (fa, fb) = (feats(&a), feats(&b));
         let full = dtw(&fa, &fb, &Band::full(200, 230), &p).unwrap();

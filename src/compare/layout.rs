@@ -77,6 +77,13 @@ impl Layout {
             .max_by_key(|s| s.len())
             .expect("a layout has at least one span")
     }
+
+    pub fn main_mut(&mut self) -> &mut Span {
+        self.spans
+            .iter_mut()
+            .max_by_key(|s| s.len())
+            .expect("a layout has at least one span")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -221,7 +221,8 @@ pub struct Details {
     /// Compared area (m²).
     pub compared_m2: Option<f64>,
     /// Load carriers found, as [first column, end column, roof row, floor row] on each
-    /// scan's analysis grid.
+    /// scan's analysis grid (the entry's main floor: the higher of the two scans' floors,
+    /// the exit's mapped onto the entry, which is where the compared area ends).
     pub entry_carriers: Vec<[f64; 4]>,
     pub exit_carriers: Vec<[f64; 4]>,
     /// Largest local correction of the registration (analysis pixels).
@@ -366,6 +367,17 @@ pub fn compare(
             return inconclusive(format!("cannot align the scans: {e}"), det, tm);
         }
     };
+    // Each scan's floor ridge was found on its own, and a flatbed's deck or beams can pass
+    // for a box's floor in one scan only (the deck reads as one filled block with the box).
+    // What lies below either scan's floor is trailer, which may be another one: the
+    // compared area ends at the higher of the two floors, the exit's mapped onto the entry.
+    let mut le = le;
+    let exit_floor = al.vmap.invert(lx.main().floor as f64) as f32;
+    let main = le.main_mut();
+    if exit_floor < main.floor && exit_floor > main.roof + 0.6 * (main.floor - main.roof) {
+        main.floor = exit_floor;
+        det.entry_carriers = carriers(&Ok(le.clone()));
+    }
     det.orientation_by = Some(al.orientation_by);
     det.vertical_scale = Some(al.vmap.a);
     det.vertical_offset = Some(al.vmap.b);

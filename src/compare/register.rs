@@ -31,6 +31,12 @@ impl VerticalMap {
     pub fn apply(&self, y: f64) -> f64 {
         self.a * y + self.b
     }
+
+    /// The entry row that maps to exit row `y`.
+    #[inline]
+    pub fn invert(&self, y: f64) -> f64 {
+        (y - self.b) / self.a
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,8 +126,11 @@ fn profile_match(ge: &[f32], y0: usize, gx: &[f32], a: f64, b: f64, buf: &mut [f
 
 /// The vertical map: the main carriers' roofs anchor it, their row profiles (gradients:
 /// roof, rails, floor, cross-members, the top of the load) fix the scale. The scale is
-/// searched around the ratio of the sidecars' pitches (fan-beam magnification changes it
-/// by a few per cent per scan), or widely when a pitch is unknown.
+/// searched over [`ANCHOR_SCALE_RANGE`] around the ratio of the sidecars' pitches (the
+/// pitch holds at the lane's centre line only: a source at another height or distance and
+/// a truck off the centre line magnify a carrier by up to about a quarter), or widely when
+/// a pitch is unknown. Not from the floors found: a flatbed trailer's deck under a box
+/// reads as one filled block with the box's floor, and its beams can pass for the floor.
 fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<VerticalMap, AlignError> {
     let ge = gradient_profile(&e.att, se);
     let gx = gradient_profile(&x.att, sx);
@@ -131,7 +140,11 @@ fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<Vertical
     let mut buf = vec![0.0f32; seg.len()];
     let (lo, hi, step) = if e.mm_known && x.mm_known {
         let r = e.mm[1] / x.mm[1];
-        (r * 0.9, r * 1.1, r * 0.0025)
+        (
+            r * ANCHOR_SCALE_RANGE.0,
+            r * ANCHOR_SCALE_RANGE.1,
+            r * 0.0025,
+        )
     } else {
         (0.6, 1.7, 0.005)
     };
@@ -280,8 +293,17 @@ fn params() -> DtwParams {
         step_penalty: 0.01 * BANDS as f32,
         skip_weight: 1.0,
         free_ends: false,
+        max_slope: MAX_SLOPE,
+        steep_penalty: STEEP_PENALTY * BANDS as f32,
     }
 }
+
+/// Steepest local speed ratio between the two passes the warp follows: a truck that
+/// brakes to a quarter of its speed in one portal and drives on through the other.
+const MAX_SLOPE: usize = 4;
+/// What each column of a steep step costs, per band (attenuation units): several times
+/// a stretch step's, so that only a stretch the images clearly show is followed.
+const STEEP_PENALTY: f32 = 0.05;
 
 /// Columns `a..b` of `f`.
 fn slice(f: &Feats, a: usize, b: usize) -> Feats {
