@@ -232,9 +232,9 @@ fn assert_chain_ok(sub: &Sub, key: &NodeKey, n: u64) {
     assert_eq!(report.verdicts as u64, n, "{}", report.render());
 }
 
-/// Opens the node's database (creating it) and fills it with a backlog of signed verdicts,
-/// made with the node's own key file.
-async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
+/// Opens the node's database (creating it) and makes the node's key file, as a node that
+/// has been running would have them.
+async fn open_store_and_key(cfg: &Config) -> (Store, Arc<NodeKey>) {
     std::fs::create_dir_all(&cfg.data_dir).unwrap();
     let db = cfg.db_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
@@ -242,6 +242,13 @@ async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
         .unwrap()
         .unwrap();
     let key = Arc::new(NodeKey::create(&cfg.uplink.node_key_file, false).unwrap());
+    (store, key)
+}
+
+/// Opens the node's database (creating it) and fills it with a backlog of signed verdicts,
+/// made with the node's own key file.
+async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
+    let (store, key) = open_store_and_key(cfg).await;
     fill_backlog(&store, &key, &cfg.node_id, &cfg.site_id, n)
         .await
         .unwrap();
@@ -1691,13 +1698,7 @@ async fn centres_in_python_and_javascript_verify_every_verdict_and_every_message
     // The backlog an upgraded node has: 4 verdicts of /1, then 8 of /2 with hard values.
     const V1: usize = 4;
     const BACKLOG: usize = 12;
-    std::fs::create_dir_all(&cfg.data_dir).unwrap();
-    let db = cfg.db_path();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db))
-        .await
-        .unwrap()
-        .unwrap();
-    let key = Arc::new(NodeKey::create(&cfg.uplink.node_key_file, false).unwrap());
+    let (store, key) = open_store_and_key(&cfg).await;
     fill_backlog_with(
         &store,
         &key,
