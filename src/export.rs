@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::ingest::CANONICAL_IMAGE;
-use crate::store::chain::{canonical_json, sha256_hex, GENESIS};
+use crate::store::chain::{sha256_hex, signing_bytes, Signing, ALG_ED25519, CANON_NONE, GENESIS};
 use crate::store::scans::{self, ScanFilter, ScanRecord};
 use crate::store::{audit, Store, StoreError};
 use crate::uplink::keys::{parse_public_key, verify_hex, KeyError, NodeKey};
@@ -104,6 +104,11 @@ pub struct Manifest {
     pub public_key: String,
     pub scans: Vec<ScanEntry>,
     pub files: Vec<FileEntry>,
+    /// How `manifest.sig` signs this manifest: Ed25519 over the exact bytes of
+    /// `manifest.json` as stored in the zip (no canonicalisation: a verifier in any language
+    /// checks the file as it is). Absent in exports made before it was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
 }
 
 /// What an export wrote.
@@ -459,7 +464,7 @@ pub fn build_blocking(
         pack.add_json(
             format!("{base}/chain_proof.json"),
             &json!({
-                "explanation": "hash = sha256 of the verdict's canonical JSON without `signature` (keys sorted, compact); prev_hash must equal the hash of verdict seq-1 in the node's chain (prev_stored_hash, read from the node's database at export)",
+                "explanation": "hash = sha256 of the verdict's signing bytes: the verdict without `signature`, as RFC 8785 (JCS) for riac.verdict/2 or as compact JSON with keys sorted for riac.verdict/1; prev_hash must equal the hash of verdict seq-1 in the node's chain (prev_stored_hash, read from the node's database at export)",
                 "links": proof,
             }),
         )?;
@@ -494,6 +499,10 @@ pub fn build_blocking(
         public_key: key.public_hex(),
         scans: scan_entries,
         files,
+        signing: Some(Signing {
+            canonicalization: CANON_NONE.into(),
+            algorithm: ALG_ED25519.into(),
+        }),
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let sig = key.sign_hex(&manifest_bytes);
@@ -814,7 +823,8 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
         }
     }
 
-    // Verdicts: signatures over the canonical JSON as stored (minus `signature`), then links.
+    // Verdicts: signatures over the signing bytes of each verdict as stored (its version's
+    // canonical form, minus `signature`), then links.
     let mut by_seq: BTreeMap<u64, (String, String, String)> = BTreeMap::new(); // seq -> (hash, prev_hash, where)
     let mut verdicts_checked = 0;
     for (name, bytes) in &entries {
@@ -844,15 +854,23 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
                 .get("signature")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let mut unsigned = v.clone();
-            if let Some(o) = unsigned.as_object_mut() {
-                o.remove("signature");
-            }
-            let signed = canonical_json(&unsigned);
+            let signed = match v
+                .as_object()
+                .ok_or_else(|| "not a JSON object".to_string())
+                .and_then(|o| {
+                    let canon = crate::scan::verdict::canonicalization(o)?;
+                    signing_bytes(o, canon).map_err(|e| e.to_string())
+                }) {
+                Ok(b) => b,
+                Err(why) => {
+                    problems.push(format!("{label}: {why}"));
+                    continue;
+                }
+            };
             match (sig, &key) {
                 (None, _) => problems.push(format!("{label}: unsigned")),
                 (Some(s), Some(k)) => {
-                    if let Err(e) = verify_hex(k, signed.as_bytes(), &s) {
+                    if let Err(e) = verify_hex(k, &signed, &s) {
                         problems.push(format!(
                             "{label}: {e} (the verdict was altered or not signed by this key)"
                         ));
@@ -867,7 +885,7 @@ pub fn verify(zip_path: &Path, pubkey: Option<VerifyingKey>) -> Result<VerifyRep
                 .to_string();
             match seq {
                 Some(s) => {
-                    by_seq.insert(s, (sha256_hex(signed.as_bytes()), prev, label));
+                    by_seq.insert(s, (sha256_hex(&signed), prev, label));
                 }
                 None => problems.push(format!("{label}: no seq")),
             }

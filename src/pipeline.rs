@@ -218,6 +218,7 @@ pub fn auto_verdict(
         supersedes: None,
         note: None,
         prev_hash: String::new(),
+        signing: Some(crate::store::chain::Signing::rfc8785_ed25519()),
         signature: None,
     }
 }

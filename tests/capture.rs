@@ -46,7 +46,8 @@ async fn twenty_hot_folder_drops_become_twenty_verdicts() {
     let (status, one) = node.get_json(&format!("/api/v1/scans/{}", ids[0])).await;
     assert_eq!(status, 200);
     let v = &one["verdict"];
-    assert_eq!(v["schema"], "riac.verdict/1");
+    assert_eq!(v["schema"], "riac.verdict/2");
+    assert_eq!(v["signing"]["canonicalization"], "RFC8785");
     assert_eq!(v["scan_id"], ids[0].as_str());
     assert_eq!(v["outcome"], "refer");
     assert_eq!(v["decided_by"], "auto");

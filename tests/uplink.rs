@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use riac_node::config::{Config, Overrides, RawConfig};
+use riac_node::store::chain::{signing_bytes, Canonicalization, Signing};
 use riac_node::store::Store;
-use riac_node::uplink::bench::{fill_backlog, free_port, Mosquitto, TestPki};
+use riac_node::uplink::bench::{fill_backlog, fill_backlog_with, free_port, Mosquitto, TestPki};
 use riac_node::uplink::config::RawUplink;
 use riac_node::uplink::keys::NodeKey;
 use riac_node::uplink::status::ConnState;
@@ -231,9 +232,9 @@ fn assert_chain_ok(sub: &Sub, key: &NodeKey, n: u64) {
     assert_eq!(report.verdicts as u64, n, "{}", report.render());
 }
 
-/// Opens the node's database (creating it) and fills it with a backlog of signed verdicts,
-/// made with the node's own key file.
-async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
+/// Opens the node's database (creating it) and makes the node's key file, as a node that
+/// has been running would have them.
+async fn open_store_and_key(cfg: &Config) -> (Store, Arc<NodeKey>) {
     std::fs::create_dir_all(&cfg.data_dir).unwrap();
     let db = cfg.db_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
@@ -241,6 +242,13 @@ async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
         .unwrap()
         .unwrap();
     let key = Arc::new(NodeKey::create(&cfg.uplink.node_key_file, false).unwrap());
+    (store, key)
+}
+
+/// Opens the node's database (creating it) and fills it with a backlog of signed verdicts,
+/// made with the node's own key file.
+async fn prefill(cfg: &Config, n: usize) -> Arc<NodeKey> {
+    let (store, key) = open_store_and_key(cfg).await;
     fill_backlog(&store, &key, &cfg.node_id, &cfg.site_id, n)
         .await
         .unwrap();
@@ -805,8 +813,8 @@ async fn keys_and_verify_chain_on_the_command_line() {
     let mut v: serde_json::Value = serde_json::from_str(&forged[1]).unwrap();
     let mut unsigned = v.clone();
     unsigned.as_object_mut().unwrap().remove("signature");
-    let bytes = riac_node::store::chain::canonical_json(&unsigned);
-    v["signature"] = other.sign_hex(bytes.as_bytes()).into();
+    let bytes = signing_bytes(unsigned.as_object().unwrap(), Canonicalization::Rfc8785).unwrap();
+    v["signature"] = other.sign_hex(&bytes).into();
     forged[1] = v.to_string();
     let (code, out) = cli(
         &["verify-chain", "--pubkey", &pubkey, "--json", "-"],
@@ -969,15 +977,26 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
-    // Signed commands carry an expiry (required with a centre key): an hour from now.
-    let signed_with = |name: &str, id: &str, args: serde_json::Value, expires: Option<String>| {
+    // Signed commands carry an expiry (required with a centre key): an hour from now. They
+    // name RFC 8785 as their canonicalisation, as a centre in any language would.
+    let signed_as = |name: &str,
+                     id: &str,
+                     args: serde_json::Value,
+                     expires: Option<String>,
+                     canon: Canonicalization| {
         let mut v = serde_json::json!({"command_id": id, "node_id": "KHI-N3", "name": name, "issued_at": at(-60), "args": args});
         if let Some(e) = expires {
             v["expires_at"] = e.into();
         }
-        let sig = centre.sign_hex(riac_node::store::chain::canonical_json(&v).as_bytes());
+        if canon == Canonicalization::Rfc8785 {
+            v["signing"] = serde_json::to_value(Signing::rfc8785_ed25519()).unwrap();
+        }
+        let sig = centre.sign_hex(&signing_bytes(v.as_object().unwrap(), canon).unwrap());
         v["signature"] = sig.into();
         serde_json::to_vec(&v).unwrap()
+    };
+    let signed_with = |name: &str, id: &str, args: serde_json::Value, expires: Option<String>| {
+        signed_as(name, id, args, expires, Canonicalization::Rfc8785)
     };
     let signed =
         |name: &str, id: &str, args: serde_json::Value| signed_with(name, id, args, Some(at(3600)));
@@ -1069,10 +1088,13 @@ async fn commands_are_answered_and_bad_ones_never_hurt_the_node() {
     publish(
         &sub,
         cmd("thresholds"),
-        signed(
+        // A centre that predates RFC 8785: no `signing` member, sorted compact bytes.
+        signed_as(
             "thresholds",
             "c-nohandler",
             serde_json::json!({"manifest": {"consistent_min": 0.6}}),
+            Some(at(3600)),
+            Canonicalization::SortedCompact,
         ),
     )
     .await;
@@ -1541,4 +1563,440 @@ async fn centre_thresholds_and_references_reach_the_checks_and_survive_a_restart
     let n = node.node.as_ref().unwrap();
     assert_eq!(n.transit.config().thresholds.refer_score, 0.42);
     node.stop().await;
+}
+
+/// The JSON Schemas of `docs/contracts/`, by file name, checking `format` too.
+struct Contracts(BTreeMap<String, jsonschema::Validator>);
+
+impl Contracts {
+    fn load() -> Contracts {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/contracts");
+        let mut all = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".schema.json") {
+                continue;
+            }
+            let schema: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let v = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("{name} is not a valid JSON Schema: {e}"));
+            all.insert(name, v);
+        }
+        Contracts(all)
+    }
+
+    /// Every way `msg` breaks the schema `name` (empty when it fits).
+    fn errors(&self, name: &str, msg: &serde_json::Value) -> Vec<String> {
+        self.0[name]
+            .iter_errors(msg)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
+    }
+
+    fn assert_fits(&self, name: &str, msg: &serde_json::Value) {
+        let errs = self.errors(name, msg);
+        assert!(errs.is_empty(), "{name}: {errs:?}\n{msg}");
+    }
+}
+
+/// A verifier from `tests/verifiers/` run as a child process: its stdout lines, collected
+/// by a thread, so the test can wait for "ready" and then for its report.
+struct ForeignVerifier {
+    name: &'static str,
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ForeignVerifier {
+    fn spawn(name: &'static str, mut cmd: Command) -> ForeignVerifier {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {name} verifier ({cmd:?}): {e}; .ci/run installs what it needs"));
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        ForeignVerifier { name, child, lines }
+    }
+
+    fn has_line(&self, f: impl Fn(&str) -> bool) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| f(l))
+    }
+
+    /// Its exit status and JSON report, within `timeout`.
+    async fn report(&mut self, timeout: Duration) -> (std::process::ExitStatus, serde_json::Value) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Give the reader thread a moment to take the last line.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let lines = self.lines.lock().unwrap();
+                let report = lines
+                    .iter()
+                    .rev()
+                    .find_map(|l| serde_json::from_str(l).ok())
+                    .unwrap_or_else(|| {
+                        panic!("{} verifier printed no report: {lines:?}", self.name)
+                    });
+                return (status, report);
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the {} verifier did not finish within {timeout:?}: {:?}",
+                self.name,
+                self.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ForeignVerifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 17: the contracts as a centre written in another language meets them. A node
+/// upgraded from `riac.verdict/1` (its outbox still holding `/1` verdicts) publishes `/1`
+/// and `/2` verdicts with floats (`1.0`, `1e-7`, `0.1 + 0.2`, `1e21`), non-ASCII text and
+/// integers past 2^32 through a real mosquitto. A Python centre (`rfc8785`,
+/// `cryptography`, paho-mqtt) and a JavaScript centre (Node's crypto, npm `canonicalize`
+/// and `mqtt`) verify every signature and the chain across the switch; verify-chain and
+/// verify-export accept both versions; and every message the node sends (and each command
+/// and sidecar the test sends) fits its JSON Schema in docs/contracts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centres_in_python_and_javascript_verify_every_verdict_and_every_message_fits_its_schema() {
+    use riac_node::scan::verdict::*;
+    let contracts = Contracts::load();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, pki) = broker(dir.path());
+    let centre = NodeKey::generate(&dir.path().join("centre.key")).unwrap();
+    let cfg = node_config(
+        dir.path(),
+        "KHI-N7",
+        "KHI",
+        RawUplink {
+            centre_public_key: Some(centre.public_hex()),
+            allow_unsigned_commands: Some(false),
+            ..tls_uplink(&broker.tls_url(), &pki)
+        },
+    );
+
+    // The backlog an upgraded node has: 4 verdicts of /1, then 8 of /2 with hard values.
+    const V1: usize = 4;
+    const BACKLOG: usize = 12;
+    let (store, key) = open_store_and_key(&cfg).await;
+    fill_backlog_with(
+        &store,
+        &key,
+        &cfg.node_id,
+        &cfg.site_id,
+        BACKLOG,
+        |i, v: &mut Verdict| {
+            v.manifest.confidence = Some(1.0);
+            v.manifest.heading_probability = Some(1e-7);
+            v.manifest.chapter_probability = Some(0.0);
+            v.manifest.top_matches = vec![ManifestMatch {
+                hs_code: "8703".into(),
+                score: 0.1 + 0.2,
+                reference_id: Some("réf-Ürümqi-1".into()),
+            }];
+            v.manifest.tiles = Some(4_000_000_000);
+            v.transit = Some(TransitResult {
+                status: TransitStatus::Changed,
+                entry_scan_id: Some("URC-P2-20261101-000001".into()),
+                change_score: Some(123456789.125),
+                regions: vec![ChangedRegion {
+                    x0: 0,
+                    y0: 1,
+                    x1: 4_294_967_295,
+                    y1: 2_147_483_648,
+                    area_m2: Some(1e21),
+                    score: 100.0,
+                    kind: Some("added".into()),
+                }],
+                reason: Some("Ürümqi → Karachi: «changé» 变化 🚚 \"quoted\" \\ back\tslash".into()),
+                alignment_quality: Some(0.999999999999),
+                mirrored: Some(false),
+            });
+            v.decided_by = "opérateur-Zoë".into();
+            v.note = Some("Ångström, ĳ, 𝄞, \u{7f}, \u{2028} end".into());
+            if i < V1 {
+                v.schema = VERDICT_SCHEMA_V1.into();
+                v.signing = None;
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The backlog's scans have no image files; an empty folder lets them be exported.
+    let dirs: Vec<String> = store
+        .read(|c| {
+            let mut st = c.prepare("SELECT image_dir FROM scans")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+        .unwrap();
+    for d in dirs {
+        std::fs::create_dir_all(cfg.data_dir.join(d)).unwrap();
+    }
+    store.close().await;
+
+    // The centres subscribe before the node connects (persistent sessions, as a centre).
+    let verifiers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers");
+    // Sim drops decided by the running node: two imports and one transit entry.
+    let mut sim = riac_node::sim::Simulator::new(riac_node::sim::SimOptions {
+        seed: 1717,
+        resolution_scale: 0.06,
+        ..Default::default()
+    });
+    let drops = vec![
+        sim.next_drop(),
+        sim.next_drop(),
+        sim.next_transit_pair().entry,
+    ];
+    let expect = BACKLOG + drops.len();
+    let args = |id: &str| {
+        vec![
+            "--port".to_string(),
+            broker.plain_port.to_string(),
+            "--pubkey".into(),
+            key.public_hex(),
+            "--expect".into(),
+            expect.to_string(),
+            "--timeout".into(),
+            "150".into(),
+            "--client-id".into(),
+            id.into(),
+        ]
+    };
+    let python = std::env::var("RIAC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut py_cmd = Command::new(python);
+    py_cmd
+        .arg(verifiers.join("verify_verdicts.py"))
+        .args(args("centre-python"));
+    let mut js_cmd = Command::new("node");
+    js_cmd
+        .arg(verifiers.join("verify-verdicts.mjs"))
+        .args(args("centre-js"));
+    let mut py = ForeignVerifier::spawn("python", py_cmd);
+    let mut js = ForeignVerifier::spawn("javascript", js_cmd);
+    let sub = Sub::start(broker.plain_port, "centre-rust", &["riac/v1/#"], false).await;
+    for v in [&mut py, &mut js] {
+        let start = Instant::now();
+        while !v.has_line(|l| l == "ready") {
+            if let Ok(Some(status)) = v.child.try_wait() {
+                panic!("the {} verifier exited ({status}) before subscribing: {:?}; .ci/run installs its packages (pip: rfc8785 cryptography paho-mqtt; npm ci in tests/verifiers)", v.name, v.lines.lock().unwrap());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the {} verifier did not subscribe within 30 s: {:?}",
+                v.name,
+                v.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let mut node = TestNode::start_with(cfg).await;
+    std::fs::create_dir_all(&node.hot).unwrap();
+    for d in &drops {
+        contracts.assert_fits("scan-1.schema.json", &d.sidecar);
+        d.write_to(&node.hot).unwrap();
+    }
+
+    let (py_ok, py_report) = py.report(Duration::from_secs(180)).await;
+    let (js_ok, js_report) = js.report(Duration::from_secs(60)).await;
+    for (ok, report) in [(py_ok, &py_report), (js_ok, &js_report)] {
+        assert!(ok.success(), "{ok}: {report}");
+        assert_eq!(report["verified"], expect as u64, "{report}");
+        assert_eq!(report["first_seq"], 1, "{report}");
+        assert_eq!(
+            report["schemas"],
+            serde_json::json!(["riac.verdict/1", "riac.verdict/2"]),
+            "{report}"
+        );
+    }
+
+    // The centre's commands: an image request (signed, RFC 8785), a thresholds command,
+    // and a malformed one; each gets a reply, the image comes in chunks.
+    let at = |offset_secs: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_secs))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let signed = |name: &str, id: &str, args: serde_json::Value| {
+        let mut v = serde_json::json!({"command_id": id, "node_id": "KHI-N7", "name": name,
+            "issued_at": at(-5), "expires_at": at(600), "args": args,
+            "signing": Signing::rfc8785_ed25519()});
+        v["signature"] = centre
+            .sign_hex(&signing_bytes(v.as_object().unwrap(), Canonicalization::Rfc8785).unwrap())
+            .into();
+        v
+    };
+    let commands = [
+        (
+            "image-request",
+            signed(
+                "image-request",
+                "c-img",
+                serde_json::json!({"scan_id": drops[0].scan_id, "chunk_kb": 16}),
+            ),
+        ),
+        (
+            "thresholds",
+            signed(
+                "thresholds",
+                "c-thr",
+                serde_json::json!({"transit": {"refer_score": 0.5}}),
+            ),
+        ),
+    ];
+    for (name, c) in &commands {
+        contracts.assert_fits("command.schema.json", c);
+        sub.client
+            .publish(
+                format!("riac/v1/KHI/KHI-N7/cmd/{name}"),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(c).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    sub.client
+        .publish(
+            "riac/v1/KHI/KHI-N7/cmd/thresholds",
+            QoS::AtLeastOnce,
+            false,
+            b"{\"args\": 1}".to_vec(),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "three command replies", || {
+        sub.json_on("/cmd-reply").len() >= 3
+    })
+    .await;
+    wait_for(Duration::from_secs(30), "an entry package", || {
+        !sub.on("/entries").is_empty()
+    })
+    .await;
+    node.stop().await;
+    wait_for(Duration::from_secs(10), "offline status", || {
+        sub.json_on("/status")
+            .iter()
+            .any(|v| v["state"] == "offline")
+    })
+    .await;
+
+    // Every message on every topic fits its schema; each schema was exercised.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (topic, payload) in sub.msgs.lock().unwrap().iter() {
+        let msg: serde_json::Value =
+            serde_json::from_slice(payload).unwrap_or_else(|e| panic!("{topic}: not JSON ({e})"));
+        let schema = if topic.ends_with("/verdicts") {
+            match msg["schema"].as_str() {
+                Some("riac.verdict/1") => "verdict-1.schema.json",
+                _ => "verdict-2.schema.json",
+            }
+        } else if topic.ends_with("/status") {
+            "status.schema.json"
+        } else if topic.ends_with("/entries") {
+            "entry-1.schema.json"
+        } else if topic.ends_with("/cmd-reply") {
+            "cmd-reply.schema.json"
+        } else if topic.ends_with("/image") {
+            "image-chunk-1.schema.json"
+        } else if topic.contains("/cmd/") {
+            // The test's own commands, checked above as they were sent.
+            continue;
+        } else {
+            panic!("a message on {topic}, which the contract does not name");
+        };
+        contracts.assert_fits(schema, &msg);
+        *seen.entry(schema).or_default() += 1;
+    }
+    for s in [
+        "verdict-1.schema.json",
+        "verdict-2.schema.json",
+        "status.schema.json",
+        "entry-1.schema.json",
+        "cmd-reply.schema.json",
+        "image-chunk-1.schema.json",
+    ] {
+        assert!(
+            seen.get(s).is_some_and(|n| *n > 0),
+            "no message for {s}: {seen:?}"
+        );
+    }
+    // The schemas are not vacuous: a changed outcome or an extra member is refused.
+    let mut bad = sub.json_on("/verdicts").pop().unwrap();
+    bad["outcome"] = "maybe".into();
+    bad["extra"] = 1.into();
+    assert_eq!(
+        contracts.errors("verdict-2.schema.json", &bad).len(),
+        2,
+        "{bad}"
+    );
+    let replies = sub.json_on("/cmd-reply");
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["command_id"] == "c-img" && r["ok"] == true),
+        "{replies:?}"
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["command_id"].is_null() && r["ok"] == false),
+        "{replies:?}"
+    );
+
+    // The node's own verifiers accept the mixed stream and an export of it.
+    assert_chain_ok(&sub, &key, expect as u64);
+    let out = dir.path().join("case.zip");
+    let (code, text) = cli(
+        &[
+            "export",
+            "--container",
+            "MSCU1234566",
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            node.data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(
+        &[
+            "verify-export",
+            out.to_str().unwrap(),
+            "--pubkey",
+            &key.public_hex(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{text}");
+    // Every backlog verdict (/1 and /2) went into the export and was checked.
+    assert!(
+        text.contains(&format!("{BACKLOG} verdict signature(s)")) && text.contains("OK:"),
+        "{text}"
+    );
+    drop(sub);
+    broker.stop();
 }

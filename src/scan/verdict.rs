@@ -1,10 +1,49 @@
-//! The verdict contract (`riac.verdict/1`, DESIGN.md): what the node decided about a scan,
-//! as stored, shown in the API and published to the central RIAC. Field names here are a
-//! contract with the centre: change them only with the schema version.
+//! The verdict contract (`riac.verdict/2`, and `/1` as older nodes wrote it; README "For
+//! the centre", `docs/contracts/`): what the node decided about a scan, as stored, shown in
+//! the API and published to the central RIAC. Field names here are a contract with the
+//! centre: change them only with the schema version. This module also says which signing
+//! bytes each version uses ([`canonicalization`]); it never signs, stores or verifies.
+//!
+//! `/2` differs from `/1` only in its signing bytes: RFC 8785 instead of sorted compact
+//! serde_json, named in the signed `signing` member. Both share one chain: a verdict's
+//! `prev_hash` is the SHA-256 of the previous verdict's signing bytes made by *that*
+//! verdict's own version, so the first `/2` after an upgrade links to the last `/1` by the
+//! hash the `/1` rules give.
 
 use serde::{Deserialize, Serialize};
 
-pub const VERDICT_SCHEMA: &str = "riac.verdict/1";
+use crate::store::chain::{Canonicalization, Signing};
+
+/// The version the node writes.
+pub const VERDICT_SCHEMA: &str = "riac.verdict/2";
+/// The version nodes wrote before RFC 8785; still verified (old outbox rows, exports).
+pub const VERDICT_SCHEMA_V1: &str = "riac.verdict/1";
+
+/// The canonicalisation of a verdict's signing bytes, from its `schema` and `signing`
+/// members (a JSON object as received): `/1` is sorted compact and carries no `signing`;
+/// `/2` must name RFC 8785 and Ed25519. Anything else is refused, naming what was found.
+pub fn canonicalization(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Canonicalization, String> {
+    let signing = obj.get("signing");
+    match obj.get("schema").and_then(|v| v.as_str()) {
+        Some(VERDICT_SCHEMA_V1) => match signing {
+            None => Ok(Canonicalization::SortedCompact),
+            Some(_) => Err(format!(
+                "a {VERDICT_SCHEMA_V1} verdict carries no `signing` member (its signing bytes are sorted compact JSON)"
+            )),
+        },
+        Some(VERDICT_SCHEMA) => match signing {
+            Some(m) => Signing::from_member(m),
+            None => Err(format!(
+                "a {VERDICT_SCHEMA} verdict must name its signing scheme in `signing`"
+            )),
+        },
+        other => Err(format!(
+            "schema is {other:?}, expected {VERDICT_SCHEMA:?} or {VERDICT_SCHEMA_V1:?}"
+        )),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +241,20 @@ pub struct Verdict {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     pub prev_hash: String,
-    /// Ed25519 over the canonical JSON without this field; `null` until the node has a key.
+    /// `/2`: the signing scheme (RFC 8785, Ed25519); absent in `/1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
+    /// Ed25519 over the signing bytes ([`canonicalization`]: the verdict without this
+    /// field); `null` until the node has a key.
     pub signature: Option<String>,
+}
+
+impl Verdict {
+    /// The bytes hashed into the chain and signed.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, crate::store::chain::CanonError> {
+        let value = serde_json::to_value(self).expect("verdict serialises");
+        let obj = value.as_object().expect("a verdict is an object");
+        let c = canonicalization(obj).map_err(crate::store::chain::CanonError::Scheme)?;
+        crate::store::chain::signing_bytes(obj, c)
+    }
 }

@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The OS refused a thread (resource limits). Refuse to start.
     #[error("cannot start the database writer thread: {0}")]
     Thread(std::io::Error),
+    /// A verdict could not be put into its canonical form (a value RFC 8785 cannot sign
+    /// exactly, or an unknown schema): a bug in the check that made it. Nothing was stored.
+    #[error("verdict {verdict_id} cannot be signed: {reason}")]
+    Unsignable { verdict_id: String, reason: String },
     /// The database is newer than this binary (a downgrade). Refuse to start.
     #[error("database {path} has schema version {found}, newer than this riac-node knows ({known}); install the newer riac-node or restore a backup")]
     TooNew {

@@ -5,31 +5,27 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::chain::{canonical_json, sha256_hex, GENESIS};
+use super::chain::{canonical_bytes, sha256_hex, signing_bytes, GENESIS};
 use super::{Result, StoreError};
-use crate::scan::verdict::Verdict;
-
-/// The bytes that are hashed and signed: canonical JSON without `signature`.
-pub fn signing_bytes(v: &Verdict) -> Vec<u8> {
-    let mut value = serde_json::to_value(v).expect("verdict serialises");
-    if let Some(o) = value.as_object_mut() {
-        o.remove("signature");
-    }
-    canonical_json(&value).into_bytes()
-}
+use crate::scan::verdict::{self, Verdict};
 
 /// Signs verdicts in the node's name (the node key, see `uplink::keys`). Signing happens
 /// inside the transaction that assigns `seq` and `prev_hash`, so what is signed is exactly
 /// what is stored and published.
 pub trait VerdictSigner: Send + Sync {
-    /// The signature over `signing_bytes` (from [`signing_bytes`]), as it goes into the
-    /// verdict's `signature` field.
+    /// The signature over `signing_bytes` (from [`Verdict::signing_bytes`]), as it goes
+    /// into the verdict's `signature` field.
     fn sign(&self, signing_bytes: &[u8]) -> String;
 }
 
 /// Publishes `v` into the chain: sets `seq` and `prev_hash`, signs it with `signer` (left
 /// `null` without one), stores it, queues it on `topic`, and marks its scan decided.
 /// Returns the verdict as stored.
+///
+/// The signing bytes follow the verdict's own `schema` (`scan::verdict::canonicalization`),
+/// and `prev_hash` is the stored `hash` of the previous verdict, whatever its version: that
+/// is how the chain runs on across the `/1` → `/2` upgrade. The stored and published body
+/// is the whole verdict in the same canonical form, so a `/2` body is RFC 8785 text.
 pub fn insert_with_outbox(
     t: &Transaction<'_>,
     mut v: Verdict,
@@ -49,10 +45,21 @@ pub fn insert_with_outbox(
     };
     v.seq = seq;
     v.prev_hash = prev_hash;
-    let signed = signing_bytes(&v);
+    let id = v.verdict_id.clone();
+    let unsignable = |reason: String| StoreError::Unsignable {
+        verdict_id: id.clone(),
+        reason,
+    };
+    let value = serde_json::to_value(&v).expect("verdict serialises");
+    let obj = value.as_object().expect("a verdict is an object");
+    let canon = verdict::canonicalization(obj).map_err(unsignable)?;
+    let signed = signing_bytes(obj, canon).map_err(|e| unsignable(e.to_string()))?;
     let hash = sha256_hex(&signed);
     v.signature = signer.map(|s| s.sign(&signed));
-    let body = canonical_json(&serde_json::to_value(&v).expect("verdict serialises"));
+    let value = serde_json::to_value(&v).expect("verdict serialises");
+    let body = canonical_bytes(&value, canon)
+        .map(|b| String::from_utf8(b).expect("canonical JSON is UTF-8"))
+        .map_err(|e| unsignable(e.to_string()))?;
     t.execute(
         "INSERT INTO verdicts(seq, verdict_id, scan_id, decided_at, outcome, decided_by, supersedes, body, hash)
          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",

@@ -391,6 +391,20 @@ pub async fn fill_backlog(
     site_id: &str,
     count: usize,
 ) -> Result<(), String> {
+    fill_backlog_with(store, key, node_id, site_id, count, |_, _| {}).await
+}
+
+/// [`fill_backlog`], with `shape` changing each verdict (its index in this backlog) before
+/// it joins the chain: the tests use it for `/1` verdicts as an older node wrote them and
+/// for values other languages canonicalise differently.
+pub async fn fill_backlog_with(
+    store: &Store,
+    key: &Arc<super::keys::NodeKey>,
+    node_id: &str,
+    site_id: &str,
+    count: usize,
+    shape: impl Fn(usize, &mut crate::scan::verdict::Verdict) + Send + Sync + Clone + 'static,
+) -> Result<(), String> {
     use crate::pipeline::{auto_verdict, NodeIdentity};
     use crate::store::scans::{NewScan, ScanRecord};
     let me = NodeIdentity {
@@ -405,7 +419,7 @@ pub async fn fill_backlog(
     let mut done = 0;
     while done < count {
         let n = (count - done).min(500);
-        let (key, me, topic) = (key.clone(), me.clone(), topic.clone());
+        let (key, me, topic, shape) = (key.clone(), me.clone(), topic.clone(), shape.clone());
         store
             .write(move |t| {
                 for i in done..done + n {
@@ -462,7 +476,7 @@ pub async fn fill_backlog(
                         outcome: None,
                         sidecar: Some(sidecar),
                     };
-                    let v = auto_verdict(
+                    let mut v = auto_verdict(
                         &rec,
                         &me,
                         crate::matching::not_run(
@@ -471,6 +485,7 @@ pub async fn fill_backlog(
                         ),
                         None,
                     );
+                    shape(i - base as usize, &mut v);
                     crate::store::verdicts::insert_with_outbox(t, v, &topic, Some(key.as_ref()))?;
                 }
                 Ok(())

@@ -14,8 +14,10 @@
 //! `uplink.command_max_ttl_hours` ahead, so a captured command is worthless soon.
 //!
 //! Signing (when `uplink.centre_public_key` is set): `signature` is the hex Ed25519
-//! signature by the centre's key over the canonical JSON (keys sorted, compact, as for
-//! verdicts) of the envelope without `signature`; the envelope must then also carry
+//! signature by the centre's key over the envelope without `signature`, canonicalised as
+//! its `signing` member says: `{"canonicalization": "RFC8785", "algorithm": "Ed25519"}`
+//! (RFC 8785, what a centre in any language should send), or, without `signing`, compact
+//! JSON with keys sorted (centres that predate it; `store::chain`). The envelope must then also carry
 //! `node_id` (this node) and `name` (the topic's command name), so a signed command cannot
 //! be replayed to another node or as another command, and a `command_id` is executed at
 //! most once (a repeat gets the first reply again).
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::session::{Context, Disposition};
-use crate::store::chain::{canonical_json, sha256_hex};
+use crate::store::chain::{sha256_hex, signing_bytes, Canonicalization, Signing};
 use crate::store::{self, outbox, StoreError};
 
 /// The commands served by handlers of other modules.
@@ -412,10 +414,12 @@ fn check_signature(
             "a signed command must name itself: name must be {name:?} (the topic's command)"
         ));
     }
-    let mut unsigned = obj.clone();
-    unsigned.remove("signature");
-    let bytes = canonical_json(&serde_json::Value::Object(unsigned));
-    super::keys::verify_hex(key, bytes.as_bytes(), sig)
+    let canon = match obj.get("signing") {
+        None => Canonicalization::SortedCompact,
+        Some(m) => Signing::from_member(m)?,
+    };
+    let bytes = signing_bytes(obj, canon).map_err(|e| e.to_string())?;
+    super::keys::verify_hex(key, &bytes, sig)
         .map_err(|e| format!("{e}: not signed by the centre key configured on this node"))
 }
 

@@ -2,8 +2,10 @@
 //! (one JSON object per line, in arrival order, at-least-once so duplicates included) against
 //! a node's public key. It owns the centre-side reading of the chain contract and never
 //! trusts a field it has not checked: each verdict's signature is verified over the
-//! canonical JSON of the object *as received* (minus `signature`), so an added, removed or
-//! changed field fails even if the struct would parse the same.
+//! signing bytes of the object *as received* (minus `signature`; RFC 8785 for
+//! `riac.verdict/2`, sorted compact for `/1`, `store::chain`), so an added, removed or
+//! changed field fails even if the struct would parse the same. One stream may hold both
+//! versions: the chain runs on across an upgrade (`scan::verdict`).
 //!
 //! Problems reported: malformed lines, unsigned verdicts, bad signatures, the same `seq` with
 //! different content, a `verdict_id` under two seqs, reorders (a new seq arriving after a
@@ -17,8 +19,8 @@ use std::io::BufRead;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
-use crate::scan::verdict::VERDICT_SCHEMA;
-use crate::store::chain::{canonical_json, sha256_hex, GENESIS};
+use crate::scan::verdict;
+use crate::store::chain::{sha256_hex, signing_bytes, Canonicalization, GENESIS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,18 +161,13 @@ pub fn verify_stream(
             continue;
         };
         let s = |k: &str| obj.get(k).and_then(|v| v.as_str());
-        if s("schema") != Some(VERDICT_SCHEMA) {
-            problem(
-                ProblemKind::Malformed,
-                None,
-                None,
-                format!(
-                    "schema is {:?}, expected {VERDICT_SCHEMA:?}",
-                    obj.get("schema")
-                ),
-            );
-            continue;
-        }
+        let canon = match verdict::canonicalization(obj) {
+            Ok(c) => c,
+            Err(why) => {
+                problem(ProblemKind::Malformed, s("node_id"), None, why);
+                continue;
+            }
+        };
         let (Some(node), Some(seq), Some(vid), Some(prev)) = (
             s("node_id"),
             obj.get("seq").and_then(|v| v.as_u64()),
@@ -186,14 +183,21 @@ pub fn verify_stream(
             continue;
         };
         let signature = s("signature").map(str::to_string);
-        let mut unsigned = obj.clone();
-        unsigned.remove("signature");
-        let canonical = canonical_json(&serde_json::Value::Object(unsigned)).into_bytes();
-        // A verdict as published is canonical JSON: with its signature member cut out of
-        // the text it is exactly the bytes that were signed and hashed. Re-serialising is
-        // the fallback for a line an intermediary reformatted.
+        let canonical = match signing_bytes(obj, canon) {
+            Ok(b) => b,
+            Err(e) => {
+                problem(ProblemKind::Malformed, Some(node), Some(seq), e.to_string());
+                continue;
+            }
+        };
+        // A /1 verdict as published is canonical JSON: with its signature member cut out
+        // of the text it is exactly the bytes that were signed and hashed, even where
+        // serde_json would now write a number differently. Re-serialising is the fallback
+        // for a line an intermediary reformatted. A /2 verdict's bytes are defined by
+        // RFC 8785 over the parsed values, so its text does not matter.
         let raw = signature
             .as_deref()
+            .filter(|_| canon == Canonicalization::SortedCompact)
             .and_then(|sig| strip_signature(line.trim(), sig))
             .map(String::into_bytes)
             .filter(|r| *r != canonical);
@@ -362,15 +366,24 @@ fn strip_signature(line: &str, sig: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::scan::verdict::*;
-    use crate::store::verdicts::{signing_bytes, VerdictSigner};
+    use crate::store::chain::{canonical_bytes, Signing};
+    use crate::store::verdicts::VerdictSigner;
     use crate::uplink::keys::NodeKey;
 
+    /// A signed chain of `n` verdicts as published: the first half `/1` (written before an
+    /// upgrade), the rest `/2`, with a float the two forms write differently (`1.0`).
     fn chain(key: &NodeKey, n: u64) -> Vec<String> {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
+                let v2 = seq > n / 2;
                 let mut v = Verdict {
-                    schema: VERDICT_SCHEMA.into(),
+                    schema: if v2 {
+                        VERDICT_SCHEMA
+                    } else {
+                        VERDICT_SCHEMA_V1
+                    }
+                    .into(),
                     verdict_id: format!("v-{seq}"),
                     seq,
                     node_id: "N1".into(),
@@ -394,7 +407,7 @@ mod tests {
                             reference_id: None,
                         }],
                         reason: None,
-                        confidence: None,
+                        confidence: Some(1.0),
                         heading_probability: None,
                         chapter_probability: None,
                         tiles: None,
@@ -405,14 +418,69 @@ mod tests {
                     supersedes: None,
                     note: None,
                     prev_hash: prev.clone(),
+                    signing: v2.then(Signing::rfc8785_ed25519),
                     signature: None,
                 };
-                let b = signing_bytes(&v);
+                let b = v.signing_bytes().unwrap();
                 prev = sha256_hex(&b);
                 v.signature = Some(key.sign(&b));
-                canonical_json(&serde_json::to_value(&v).unwrap())
+                let value = serde_json::to_value(&v).unwrap();
+                let canon = verdict::canonicalization(value.as_object().unwrap()).unwrap();
+                String::from_utf8(canonical_bytes(&value, canon).unwrap()).unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn the_chain_runs_on_from_v1_to_v2_and_each_version_signs_its_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::generate(&dir.path().join("k")).unwrap();
+        let lines = chain(&key, 6);
+        assert!(
+            lines[2].contains(r#""schema":"riac.verdict/1""#)
+                && lines[2].contains(r#""confidence":1.0"#)
+        );
+        assert!(
+            lines[3].contains(r#""schema":"riac.verdict/2""#)
+                && lines[3].contains(r#""confidence":1,"#)
+        );
+        let r = check(&lines, &key);
+        assert!(r.ok(), "{}", r.render());
+        // seq 4 (the first /2) links to seq 3 by the hash of seq 3's /1 signing bytes.
+        let v3: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        let v4: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+        let h3 = sha256_hex(
+            &signing_bytes(v3.as_object().unwrap(), Canonicalization::SortedCompact).unwrap(),
+        );
+        assert_eq!(v4["prev_hash"], h3.as_str());
+
+        // A /2 verdict's text may be reformatted (floats as `1.0`, keys in any order):
+        // its signing bytes are RFC 8785 over the values.
+        let mut reformatted = lines.clone();
+        reformatted[4] = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&lines[4]).unwrap(),
+        )
+        .unwrap()
+        .replace("\n", "")
+        .replace(r#""confidence": 1"#, r#""confidence": 1.0"#);
+        assert!(reformatted[4].contains("1.0"));
+        let r = check(&reformatted, &key);
+        assert!(r.ok(), "{}", r.render());
+
+        // A /2 verdict relabelled /1 (or stripped of its scheme) is refused as malformed,
+        // never verified under the other scheme's bytes.
+        for (from, to) in [
+            (
+                r#""schema":"riac.verdict/2""#,
+                r#""schema":"riac.verdict/1""#,
+            ),
+            (r#""algorithm":"Ed25519""#, r#""algorithm":"Ed448""#),
+        ] {
+            let mut relabelled = lines.clone();
+            relabelled[5] = relabelled[5].replace(from, to);
+            let r = check(&relabelled, &key);
+            assert_eq!(kinds(&r), vec![ProblemKind::Malformed], "{}", r.render());
+        }
     }
 
     #[test]

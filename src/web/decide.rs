@@ -183,6 +183,10 @@ pub async fn record(
                 supersedes: Some(current.verdict_id.clone()),
                 note: Some(note.clone()),
                 prev_hash: String::new(),
+                // An override is a new verdict: written in the current version even when
+                // the verdict it supersedes was a /1 from before an upgrade.
+                schema: crate::scan::verdict::VERDICT_SCHEMA.into(),
+                signing: Some(crate::store::chain::Signing::rfc8785_ed25519()),
                 signature: None,
                 ..current
             };
