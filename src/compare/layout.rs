@@ -29,8 +29,12 @@ pub struct Span {
     pub c1: usize,
     /// Top edge of the roof (first row with something in it).
     pub roof: f32,
-    /// Centre of the floor (the strongest horizontal ridge low in the carrier).
+    /// Centre of the floor (the lowest strong horizontal ridge low in the carrier).
     pub floor: f32,
+    /// Every strong ridge the floor could be, lowest first (`floor` is the first): a
+    /// flatbed's deck and beams under a box read as one filled block with it, and only
+    /// the other scan of the same box can tell which ridge is its floor.
+    pub floors: Vec<f32>,
 }
 
 impl Span {
@@ -154,12 +158,13 @@ pub fn find(att: &Plane, mm: [f64; 2]) -> Result<Layout, LayoutError> {
                 .map(|c| top[c] as f32)
                 .collect();
             let roof = median(&mut tops);
-            if let Some(floor) = find_floor(&s, start, end, roof, lowest, mm) {
+            if let Some(floors) = find_floor(&s, start, end, roof, lowest, mm) {
                 spans.push(Span {
                     c0: start,
                     c1: end,
                     roof,
-                    floor,
+                    floor: floors[0],
+                    floors,
                 });
             }
         }
@@ -224,10 +229,11 @@ pub(crate) fn runs_of<T: Copy>(v: &[T], pred: impl Fn(T) -> bool) -> Vec<(usize,
     out
 }
 
-/// The floor of the carrier over columns `c0..c1` whose roof is at row `roof`: the
-/// strongest horizontal ridge of the carrier's median row profile in the lower part of the
-/// rows that are filled across (nearly) every column. An edge-on floor (boards or
-/// aluminium across the full width of the box) is the densest line of any carrier.
+/// The floors the carrier over columns `c0..c1` whose roof is at row `roof` may have,
+/// lowest first: the strong horizontal ridges of the carrier's median row profile in the
+/// lower part of the rows that are filled across (nearly) every column. An edge-on floor
+/// (boards or aluminium across the full width of the box) is the densest line of any
+/// carrier; a flatbed's deck and beams below it can be as strong.
 fn find_floor(
     s: &Plane,
     c0: usize,
@@ -235,7 +241,7 @@ fn find_floor(
     roof: f32,
     lowest: usize,
     mm: [f64; 2],
-) -> Option<f32> {
+) -> Option<Vec<f32>> {
     let h = s.h;
     let inset = (c1 - c0) / 20;
     let step = ((c1 - c0) / 400).max(1);
@@ -294,17 +300,26 @@ fn find_floor(
             && (k == 0 || ridge[k] >= ridge[k - 1])
             && (k + 1 == ridge.len() || ridge[k] >= ridge[k + 1])
     };
-    let k = (0..ridge.len()).rev().find(|&k| is_peak(k))?;
-    let y = lo + k;
-    // Sub-pixel centre of the ridge.
-    let (a, b, c) = (prof[y - 1], prof[y], prof[y + 1]);
-    let den = a - 2.0 * b + c;
-    let off = if den.abs() > 1e-6 {
-        (0.5 * (a - c) / den).clamp(-0.5, 0.5)
-    } else {
-        0.0
+    // Sub-pixel centre of the ridge at `y`.
+    let centre = |y: usize| {
+        let (a, b, c) = (prof[y - 1], prof[y], prof[y + 1]);
+        let den = a - 2.0 * b + c;
+        let off = if den.abs() > 1e-6 {
+            (0.5 * (a - c) / den).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        };
+        y as f32 + off
     };
-    Some(y as f32 + off)
+    // Peaks closer than a floor's thickness are one ridge (its upper and lower edges).
+    let mut floors: Vec<f32> = Vec::new();
+    for k in (0..ridge.len()).rev().filter(|&k| is_peak(k)) {
+        let y = centre(lo + k);
+        if floors.last().is_none_or(|&f| f - y > d as f32) {
+            floors.push(y);
+        }
+    }
+    (!floors.is_empty()).then_some(floors)
 }
 
 #[cfg(test)]
@@ -363,6 +378,23 @@ pub(crate) mod tests {
             assert!((s.floor - 320.0).abs() <= 1.5, "{s:?}");
             assert_eq!(l.cab_left, Some(cab_left));
         }
+    }
+
+    #[test]
+    fn a_flatbeds_deck_below_the_floor_leaves_the_floor_a_candidate() {
+        // A deck as dense as the floor, 18 rows (0.18 m) under it and across the whole box:
+        // the lowest ridge is the deck, and the box's floor stays among the candidates.
+        let mut p = truck(true);
+        for y in 335..342 {
+            for x in 700..1920 {
+                p.set(x, y, 2.5);
+            }
+        }
+        let l = find(&p, [10.0, 10.0]).unwrap();
+        let s = &l.spans[0];
+        assert!((s.floor - 338.0).abs() <= 1.5, "{s:?}");
+        assert_eq!(s.floors[0], s.floor);
+        assert!(s.floors.iter().any(|f| (f - 320.0).abs() <= 1.5), "{s:?}");
     }
 
     #[test]

@@ -371,13 +371,18 @@ pub fn compare(
     // for a box's floor in one scan only (the deck reads as one filled block with the box).
     // What lies below either scan's floor is trailer, which may be another one: the
     // compared area ends at the higher of the two floors, the exit's mapped onto the entry.
-    let mut le = le;
+    let (mut le, mut lx) = (le, lx);
+    if let Some([fe, fx]) = al.floors {
+        le.main_mut().floor = fe;
+        lx.main_mut().floor = fx;
+        det.exit_carriers = carriers(&Ok(lx.clone()));
+    }
     let exit_floor = al.vmap.invert(lx.main().floor as f64) as f32;
     let main = le.main_mut();
     if exit_floor < main.floor && exit_floor > main.roof + 0.6 * (main.floor - main.roof) {
         main.floor = exit_floor;
-        det.entry_carriers = carriers(&Ok(le.clone()));
     }
+    det.entry_carriers = carriers(&Ok(le.clone()));
     det.orientation_by = Some(al.orientation_by);
     det.vertical_scale = Some(al.vmap.a);
     det.vertical_offset = Some(al.vmap.b);

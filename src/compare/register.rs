@@ -48,6 +48,9 @@ pub struct Alignment {
     /// For each entry analysis column, the (fractional) exit analysis column.
     pub col_map: Vec<f32>,
     pub vmap: VerticalMap,
+    /// The main carriers' floors (entry's, exit's) when the map was anchored on them
+    /// (chosen among each layout's candidates).
+    pub floors: Option<[f32; 2]>,
     /// Mean DTW cost per column of the fine pass (lower is a better match).
     pub dtw_cost: f32,
     /// Overlap (0..1) between where the entry's load carriers map to in the exit and
@@ -131,7 +134,14 @@ fn profile_match(ge: &[f32], y0: usize, gx: &[f32], a: f64, b: f64, buf: &mut [f
 /// a truck off the centre line magnify a carrier by up to about a quarter), or widely when
 /// a pitch is unknown. Not from the floors found: a flatbed trailer's deck under a box
 /// reads as one filled block with the box's floor, and its beams can pass for the floor.
-fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<VerticalMap, AlignError> {
+/// When the roofs and floors anchor the map, it also returns the floors it took
+/// (entry's, exit's).
+fn vertical(
+    e: &Prepared,
+    se: &Span,
+    x: &Prepared,
+    sx: &Span,
+) -> Result<(VerticalMap, Option<[f32; 2]>), AlignError> {
     let ge = gradient_profile(&e.att, se);
     let gx = gradient_profile(&x.att, sx);
     let y0 = (se.roof as f64 - 6.0).max(0.0) as usize;
@@ -202,30 +212,50 @@ fn vertical(e: &Prepared, se: &Span, x: &Prepared, sx: &Span) -> Result<Vertical
     let entry_m = (se.floor - se.roof) as f64 * e.mm[1] / 1000.0;
     let exit_m = (sx.floor - sx.roof) as f64 * x.mm[1] / 1000.0;
     if score >= 0.5 {
-        return Ok(VerticalMap { a, b });
+        return Ok((VerticalMap { a, b }, None));
     }
     // Two scanners whose rows do not map linearly onto each other (an L-shaped detector's
     // boom, a source at another height: the carrier's inside projects differently) leave
     // no profile that matches at one scale. The carrier's roof and floor are the same
     // steel in both scans, so they still anchor a map; the refinement and the alignment
-    // quality on the carrier's shell then decide whether the pair can be compared.
-    let (he, hx) = ((se.floor - se.roof) as f64, (sx.floor - sx.roof) as f64);
-    if he > 0.0 && hx > 0.0 {
-        let a = hx / he;
-        let plausible = if e.mm_known && x.mm_known {
+    // quality on the carrier's shell then decide whether the pair can be compared. Which
+    // ridge is the floor, each scan alone cannot always tell (a flatbed's deck and beams
+    // below it): of the plausible pairs of candidates, the one whose map matches the
+    // profiles between roof and floor best.
+    let plausible = |a: f64| {
+        if e.mm_known && x.mm_known {
             let r = e.mm[1] / x.mm[1];
             (r * ANCHOR_SCALE_RANGE.0..=r * ANCHOR_SCALE_RANGE.1).contains(&a)
         } else {
             (0.6..=1.7).contains(&a)
-        };
-        if plausible {
-            return Ok(VerticalMap {
-                a,
-                b: sx.roof as f64 - a * se.roof as f64,
-            });
+        }
+    };
+    let mut anchored: Option<(f64, VerticalMap, [f32; 2])> = None;
+    for &fe in &se.floors {
+        for &fx in &sx.floors {
+            let (he, hx) = ((fe - se.roof) as f64, (fx - sx.roof) as f64);
+            if he <= 0.0 || hx <= 0.0 || !plausible(hx / he) {
+                continue;
+            }
+            let map = VerticalMap {
+                a: hx / he,
+                b: sx.roof as f64 - hx / he * se.roof as f64,
+            };
+            let y1 = ((fe as f64 + 12.0) as usize).min(e.att.h - 1);
+            if y1 <= y0 + 8 {
+                continue;
+            }
+            let seg = &ge[y0..=y1];
+            let c = profile_match(seg, y0, &gx, map.a, map.b, &mut vec![0.0; seg.len()]);
+            if anchored.as_ref().is_none_or(|(best, _, _)| c > *best) {
+                anchored = Some((c, map, [fe, fx]));
+            }
         }
     }
-    Err(AlignError::Height { entry_m, exit_m })
+    match anchored {
+        Some((_, map, floors)) => Ok((map, Some(floors))),
+        None => Err(AlignError::Height { entry_m, exit_m }),
+    }
 }
 
 /// How far the roof-to-floor scale of two scans may stray from the ratio of their
@@ -344,7 +374,7 @@ pub fn register(
     sidecar_mirrored: Option<bool>,
 ) -> Result<Alignment, AlignError> {
     let (se, sx) = (le.main(), lx.main());
-    let vmap = vertical(e, se, x, sx)?;
+    let (vmap, floors) = vertical(e, se, x, sx)?;
 
     let (ce0, ce1) = le.load_cols();
     let (cx0, cx1) = lx.load_cols();
@@ -358,7 +388,7 @@ pub fn register(
         });
     }
 
-    let (r0, r1) = (se.roof as f64, se.floor as f64);
+    let (r0, r1) = (se.roof as f64, floors.map_or(se.floor, |f| f[0]) as f64);
     let rows_e: Vec<(f64, f64)> = (0..BANDS)
         .map(|k| {
             let a = r0 + (r1 - r0) * k as f64 / BANDS as f64;
@@ -490,6 +520,7 @@ pub fn register(
         orientation_by,
         col_map,
         vmap,
+        floors,
         dtw_cost: fine.cost,
         load_overlap,
     })
