@@ -1,6 +1,7 @@
 //! Where the load is in one scan: the vehicle's extent, its load carriers (containers, box
 //! bodies: long runs of columns whose silhouette has a flat roof), each carrier's roof and
-//! floor rows, and which end the tractor is at. The transit check compares what lies
+//! floor rows (with the other ridges the floor could be, for the registration to choose
+//! from with the other scan), and which end the tractor is at. The transit check compares what lies
 //! between a carrier's roof and floor; tractors and trailers may legitimately differ
 //! between entry and exit, the load may not. Works on the attenuation analysis grid only.
 

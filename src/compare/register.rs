@@ -1,8 +1,10 @@
 //! Registration of an exit scan onto its entry scan, on the analysis grids: orientation
 //! (from where each tractor is, else from which way the images match better), a vertical
-//! scale and offset (the carrier's roof and floor, refined on its row profile), and a
-//! monotonic non-rigid horizontal warp (coarse-to-fine banded DTW over per-column band
-//! means of the carrier's rows). The result maps every entry column and row to a
+//! scale and offset (the carriers' row profiles matched over the magnifications a fan
+//! beam allows, anchored on the roofs; else on the roof and the floor, the floor chosen
+//! among each scan's candidates by both scans together), and a monotonic non-rigid
+//! horizontal warp (coarse-to-fine banded DTW over per-column band means of the carrier's
+//! rows). The result maps every entry column and row to a
 //! fractional exit column and row. Pure computation.
 
 use super::dtw::{dtw, Band, DtwParams, DtwPath, Feats};
@@ -333,7 +335,7 @@ fn params() -> DtwParams {
 const MAX_SLOPE: usize = 4;
 /// What each column of a steep step costs, per band (attenuation units): several times
 /// a stretch step's, so that only a stretch the images clearly show is followed.
-const STEEP_PENALTY: f32 = 0.05;
+const STEEP_PENALTY: f32 = 0.2;
 
 /// Columns `a..b` of `f`.
 fn slice(f: &Feats, a: usize, b: usize) -> Feats {
