@@ -183,7 +183,8 @@ pub struct Region {
     /// Area of the changed pixels (m²); `None` when the entry's pixel size is unknown.
     pub area_m2: Option<f64>,
     pub score: f64,
-    /// The change integrated over the region (optical depth x m²): what a scanner pair's
+    /// The change integrated over the region (optical depth x m²), for a region of one
+    /// sign only as far as the mass in its columns changed too: what a scanner pair's
     /// calibration sets its limits on. `score` is a saturating function of it.
     pub evidence_od_m2: f64,
     /// "removed" (the entry held more), "added" (the exit holds more) or "mixed".
@@ -463,12 +464,11 @@ pub fn compare(
     );
     tm.difference_ms = ms(t);
 
+    let column_mass = column_mass_change(&e, &xm, &roi);
     let mut regions: Vec<Region> = blobs
         .iter()
         .map(|b| {
             let area = b.pixels as f64 * px_m2;
-            let integrated = b.sum_abs * px_m2;
-            let score = 1.0 - (-integrated / SCORE_SCALE_OD_M2).exp();
             let kind = if b.mean_signed > 0.3 * (b.sum_abs / b.pixels as f64) {
                 "removed"
             } else if b.mean_signed < -0.3 * (b.sum_abs / b.pixels as f64) {
@@ -476,6 +476,8 @@ pub fn compare(
             } else {
                 "mixed"
             };
+            let integrated = b.sum_abs * px_m2 * mass_share(b, kind, &column_mass);
+            let score = 1.0 - (-integrated / SCORE_SCALE_OD_M2).exp();
             let (kx, ky) = (pe.kx as u32, pe.ky as u32);
             let (ox, oy) = (bx0 as u32, by0 as u32);
             Region {
@@ -549,6 +551,32 @@ pub fn compare(
         candidates,
         outputs,
     }
+}
+
+/// Per column of the crop, the attenuation the entry holds more than the exit, summed
+/// over the compared rows: the mass in that column, gone (> 0) or come (< 0). Moving
+/// matter up or down within a column does not change it: depth parallax that differs
+/// between two source heights, a vertical misregistration, goods settling.
+fn column_mass_change(e: &Plane, xm: &Plane, roi: &Roi) -> Vec<f64> {
+    let mut out = vec![0.0f64; e.w];
+    for (x, y) in roi.pixels() {
+        out[x] += (e.at(x, y) - xm.at(x, y)) as f64;
+    }
+    out
+}
+
+/// How much of a one-signed region's change its columns confirm as mass gone or come
+/// (0..1): goods taken out or put in change the mass in their columns by what they
+/// hold, while a layer's edge seen at another height leaves a `removed` strip over an
+/// `added` one in the same columns, and their mass does not change. A mixed region
+/// (goods swapped for others of similar density) is not judged by mass.
+fn mass_share(b: &diff::Blob, kind: &str, column_mass: &[f64]) -> f64 {
+    let signed = b.mean_signed * b.pixels as f64;
+    if kind == "mixed" || signed == 0.0 {
+        return 1.0;
+    }
+    let columns: f64 = column_mass[b.x0..b.x1.min(column_mass.len())].iter().sum();
+    (columns / signed).clamp(0.0, 1.0)
 }
 
 fn round3(v: f64) -> f64 {
@@ -749,5 +777,56 @@ fn render_outputs(
     Outputs {
         aligned,
         heatmap: heat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 40-column, 60-row crop with a block of attenuation 1 over rows `top..top + 20`.
+    fn block(top: usize) -> Plane {
+        let mut p = Plane::new(40, 60);
+        for y in top..top + 20 {
+            for x in 10..30 {
+                p.set(x, y, 1.0);
+            }
+        }
+        p
+    }
+
+    /// The `removed` strip rows `y0..y1` of the block's columns leave behind.
+    fn strip(y0: usize, y1: usize) -> diff::Blob {
+        let pixels = 20 * (y1 - y0);
+        diff::Blob {
+            x0: 10,
+            y0,
+            x1: 30,
+            y1,
+            pixels,
+            sum_abs: pixels as f64,
+            mean_signed: 1.0,
+            peak: 1.0,
+            sum_z: 10.0 * pixels as f64,
+        }
+    }
+
+    #[test]
+    fn a_layer_seen_lower_is_no_mass_gone_goods_taken_out_are() {
+        let roi = Roi {
+            rects: vec![[0, 0, 40, 60]],
+            w: 40,
+            h: 60,
+        };
+        let entry = block(10);
+        // The same layer 4 rows lower in the exit (parallax, settling): a removed strip
+        // over an added one, and the columns hold what they held.
+        let mass = column_mass_change(&entry, &block(14), &roi);
+        assert!(mass_share(&strip(10, 14), "removed", &mass) < 0.01);
+        // Taken out: the columns lost all of it.
+        let mass = column_mass_change(&entry, &Plane::new(40, 60), &roi);
+        assert!((mass_share(&strip(10, 30), "removed", &mass) - 1.0).abs() < 1e-9);
+        // A mixed region is not judged by mass.
+        assert_eq!(mass_share(&strip(10, 14), "mixed", &[0.0; 40]), 1.0);
     }
 }
