@@ -85,6 +85,7 @@ pub fn run(config_path: &Path, ov: &Overrides) -> Vec<Check> {
     checks.push(check_model(&cfg));
     checks.push(check_broker(&cfg));
     checks.push(check_centre_key(&cfg));
+    checks.push(check_identity(&cfg));
     checks
 }
 
@@ -125,6 +126,31 @@ fn check_centre_key(cfg: &Config) -> Check {
             Status::Pass,
             "no uplink.broker: no centre commands to verify",
         ),
+    }
+}
+
+/// The node and site ids the shipped configs carry (firmware-config/riac-node.toml and
+/// the site templates): a node installed from them and never given its own would sign its
+/// verdicts as another node of another site.
+const TEMPLATE_IDS: [(&str, &str); 2] = [("KHI-N1", "KHI"), ("TKM-N1", "TKM")];
+
+fn check_identity(cfg: &Config) -> Check {
+    let ids = (cfg.node_id.as_str(), cfg.site_id.as_str());
+    if TEMPLATE_IDS.contains(&ids) {
+        Check::new(
+            "identity",
+            Status::Warn,
+            format!(
+                "node.node_id {:?} and node.site_id {:?} are still a shipped template's: unless this really is that node, set this node's own ids before its first verdict (they are signed into every verdict and its chain)",
+                ids.0, ids.1
+            ),
+        )
+    } else {
+        Check::new(
+            "identity",
+            Status::Pass,
+            format!("node {} at site {}", ids.0, ids.1),
+        )
     }
 }
 
@@ -684,6 +710,40 @@ mod tests {
         fs::write(&blocked, b"x").unwrap();
         let c = check_dir_writable("hot folder", &blocked.join("sub"));
         assert_eq!(c.status, Status::Fail);
+    }
+
+    #[test]
+    fn a_shipped_templates_ids_are_warned_about_and_the_list_is_the_templates() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_config(d.path(), "");
+        let mut cfg = Config::load(&p, &Overrides::default()).unwrap();
+        assert_eq!(check_identity(&cfg).status, Status::Pass);
+        (cfg.node_id, cfg.site_id) = ("TKM-N1".into(), "TKM".into());
+        let c = check_identity(&cfg);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("TKM-N1"), "{}", c.detail);
+        // Every shipped config's ids are in the list, so none can slip past the warning.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+        let mut files = vec![root.join("riac-node.toml")];
+        for e in fs::read_dir(root.join("sites")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        for f in files {
+            let text = fs::read_to_string(&f).unwrap();
+            let id = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix(&format!("{key} = \"")))
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or_else(|| panic!("{} sets no {key}", f.display()))
+                    .to_string()
+            };
+            let ids = (id("node_id"), id("site_id"));
+            assert!(
+                TEMPLATE_IDS.contains(&(ids.0.as_str(), ids.1.as_str())),
+                "{}: {ids:?} is not in TEMPLATE_IDS",
+                f.display()
+            );
+        }
     }
 
     #[test]
