@@ -86,6 +86,7 @@ pub fn run(config_path: &Path, ov: &Overrides) -> Vec<Check> {
     checks.push(check_broker(&cfg));
     checks.push(check_centre_key(&cfg));
     checks.push(check_identity(&cfg));
+    checks.push(check_library(&cfg));
     checks
 }
 
@@ -151,6 +152,46 @@ fn check_identity(cfg: &Config) -> Check {
             Status::Pass,
             format!("node {} at site {}", ids.0, ids.1),
         )
+    }
+}
+
+/// The manifest check matches each scan against the reference library: with none, every
+/// scan is referred as "no references", which a fresh install should not learn in use.
+fn check_library(cfg: &Config) -> Check {
+    let path = cfg.db_path();
+    let empty = |why: String| {
+        Check::new(
+            "library",
+            Status::Warn,
+            format!("{why}: the manifest check has nothing to match scans against; import reference drops with `riac-node library import DIR --data-dir {}`, or have the centre send them", cfg.data_dir.display()),
+        )
+    };
+    if !path.exists() {
+        return empty("no database yet, so no reference library".into());
+    }
+    let count =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM library_refs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            });
+    match count {
+        Ok(0) => empty("the reference library is empty".into()),
+        Ok(n) => Check::new(
+            "library",
+            Status::Pass,
+            format!("{n} reference scans in the library"),
+        ),
+        // The database check says what is wrong with the file itself.
+        Err(e) => Check::new(
+            "library",
+            Status::Fail,
+            format!(
+                "cannot count the reference library in {}: {e}",
+                path.display()
+            ),
+        ),
     }
 }
 
@@ -744,6 +785,30 @@ mod tests {
                 f.display()
             );
         }
+    }
+
+    #[test]
+    fn an_empty_reference_library_is_warned_about() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_config(d.path(), "");
+        let cfg = Config::load(&p, &Overrides::default()).unwrap();
+        // Fresh install: no database yet.
+        assert_eq!(check_library(&cfg).status, Status::Warn);
+        fs::create_dir_all(&cfg.data_dir).unwrap();
+        let store = crate::store::Store::open(&cfg.db_path()).unwrap();
+        let c = check_library(&cfg);
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        assert!(c.detail.contains("library import"), "{}", c.detail);
+        drop(store);
+        let c = rusqlite::Connection::open(cfg.db_path()).unwrap();
+        c.execute(
+            "INSERT INTO library_refs VALUES ('R1', '1006.30', NULL, '2026-12-07T00:00:00Z', 'a', 'b', 1, 1, 0.5, 10, 10, 't.png', x'00000000', x'00000000')",
+            [],
+        )
+        .unwrap();
+        let c = check_library(&cfg);
+        assert_eq!(c.status, Status::Pass, "{}", c.detail);
+        assert!(c.detail.starts_with("1 reference"), "{}", c.detail);
     }
 
     #[test]

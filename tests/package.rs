@@ -553,6 +553,8 @@ fn doctor_passes_against_the_shipped_broker_and_fails_on_a_foreign_ca() {
         line(&text, "identity").starts_with("WARN") && line(&text, "identity").contains("KHI-N1"),
         "{text}"
     );
+    // A fresh install has no reference library yet.
+    assert!(line(&text, "library").starts_with("WARN"), "{text}");
     // A small CI disk may fail the free-space check; nothing else may fail.
     let disk_failed = line(&text, "disk space").starts_with("FAIL");
     assert_eq!(ok, !disk_failed, "{text}");
