@@ -102,8 +102,7 @@ fn check_centre_key(cfg: &Config) -> Check {
     let up = &cfg.uplink;
     match &up.centre_public_key {
         Some(k) => {
-            let hex: String = k.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-            if hex == TEMPLATE_CENTRE_KEY_HEX {
+            if hex::encode(k.to_bytes()) == TEMPLATE_CENTRE_KEY_HEX {
                 Check::new(
                     "centre key",
                     Status::Warn,
@@ -169,13 +168,11 @@ fn check_library(cfg: &Config) -> Check {
     if !path.exists() {
         return empty("no database yet, so no reference library".into());
     }
-    let count =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM library_refs", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            });
+    let count = open_read_only(&path).and_then(|c| {
+        c.query_row("SELECT count(*) FROM library_refs", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    });
     match count {
         Ok(0) => empty("the reference library is empty".into()),
         Ok(n) => Check::new(
@@ -554,6 +551,11 @@ fn check_free_space(dir: &Path) -> Check {
     }
 }
 
+/// The node's database as the checks read it: never written, never created.
+fn open_read_only(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
 fn check_database(cfg: &Config) -> Check {
     let path = cfg.db_path();
     if !path.exists() {
@@ -567,10 +569,7 @@ fn check_database(cfg: &Config) -> Check {
         );
     }
     let r = (|| -> rusqlite::Result<(String, i64)> {
-        let c = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
+        let c = open_read_only(&path)?;
         let qc: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
         Ok((qc, v))

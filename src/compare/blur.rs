@@ -7,8 +7,9 @@
 //! layers of goods as a change. So the sharper scan is blurred vertically to the other's
 //! sharpness, band of rows by band of rows, by the amount that makes the two agree best
 //! over most of the compared area where either scan has a horizontal edge (a quantile of
-//! the residual, so a changed area cannot choose the blur). Pure computation on the analysis grid; it never moves anything (the
-//! registration does that) and never blurs a scan towards a sharper one.
+//! the residual, so a changed area cannot choose the blur). Pure computation on the
+//! analysis grid; it never moves anything (the registration does that) and never blurs a
+//! scan towards a sharper one.
 
 use super::diff::Roi;
 use super::plane::{quantile, Plane};

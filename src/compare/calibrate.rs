@@ -1,17 +1,18 @@
-//! Calibration of the transit check per scanner pair, for a constant false-alarm rate.
-//! Two scanner models disagree in ways no fixed threshold can know (geometry, response,
-//! blur, noise), so the evidence a clean pair leaves behind differs from one pair of
-//! scanners to another. From entry/exit pairs known to be unchanged, this module learns
-//! the null distribution of the pair's statistic (the strongest candidate region's
-//! evidence: optical depth x m² over the region, see [`super::Region`]) and sets the `refer` and `alert` limits so that a clean
-//! pair of those two scanners crosses them at most at the target rate.
+//! Calibration of the transit check per scanner pair, for a constant false-alarm rate. Two
+//! scanner models disagree in ways no fixed threshold can know (geometry, response, blur,
+//! noise), so the evidence a clean pair leaves behind differs from one pair of scanners to
+//! another. From entry/exit pairs known to be unchanged, this module learns the null
+//! distribution of the pair's statistic (the strongest candidate region's evidence: optical
+//! depth x m² over the region, see [`super::Region`]) and sets the `refer` and `alert`
+//! limits so that a clean pair of those two scanners crosses them at most at the target
+//! rate.
 //!
 //! The estimate's uncertainty: the tail is fitted parametrically (a log-normal over the
-//! pairs that show any candidate region, times the share that do; 30 pairs cannot measure
-//! a 1% quantile directly), and the limit is an upper [`CONFIDENCE`] bound of that
-//! quantile (the share at its Wilson upper bound, the log-normal quantile at its one-sided
-//! tolerance limit), never below the largest clean value seen. Fewer pairs give a larger
-//! tolerance factor and so a higher, safer limit.
+//! pairs that show any candidate region, times the share that do; 30 pairs cannot measure a
+//! 1% quantile directly), and the limit is an upper [`CONFIDENCE`] bound of that quantile
+//! (the share at its Wilson upper bound, the log-normal quantile at its one-sided tolerance
+//! limit), never below the largest clean value seen. Fewer pairs give a larger tolerance
+//! factor and so a higher, safer limit.
 //!
 //! Owns `<data_dir>/transit-calibration.json` (written temp + fsync + rename). It never
 //! looks at images itself (the CLI runs [`super::compare`] on each pair) and never writes

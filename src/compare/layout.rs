@@ -1,9 +1,10 @@
 //! Where the load is in one scan: the vehicle's extent, its load carriers (containers, box
 //! bodies: long runs of columns whose silhouette has a flat roof), each carrier's roof and
 //! floor rows (with the other ridges the floor could be, for the registration to choose
-//! from with the other scan), and which end the tractor is at. The transit check compares what lies
-//! between a carrier's roof and floor; tractors and trailers may legitimately differ
-//! between entry and exit, the load may not. Works on the attenuation analysis grid only.
+//! from with the other scan), and which end the tractor is at. The transit check compares
+//! what lies between a carrier's roof and floor; tractors and trailers may legitimately
+//! differ between entry and exit, the load may not. Works on the attenuation analysis grid
+//! only.
 
 use super::plane::{median, Plane};
 
@@ -32,7 +33,8 @@ pub struct Span {
     pub roof: f32,
     /// Centre of the floor (the lowest strong horizontal ridge low in the carrier).
     pub floor: f32,
-    /// Every strong ridge the floor could be, lowest first (`floor` is the first): a
+    /// Every strong ridge the floor could be, lowest first (`floor` is the first until the
+    /// registration chooses among them with the other scan): a
     /// flatbed's deck and beams under a box read as one filled block with it, and only
     /// the other scan of the same box can tell which ridge is its floor.
     pub floors: Vec<f32>,
@@ -77,16 +79,17 @@ impl Layout {
 
     /// The longest carrier (its roof and floor define the vertical frame).
     pub fn main(&self) -> &Span {
-        self.spans
-            .iter()
-            .max_by_key(|s| s.len())
-            .expect("a layout has at least one span")
+        &self.spans[self.main_index()]
     }
 
     pub fn main_mut(&mut self) -> &mut Span {
-        self.spans
-            .iter_mut()
-            .max_by_key(|s| s.len())
+        let i = self.main_index();
+        &mut self.spans[i]
+    }
+
+    fn main_index(&self) -> usize {
+        (0..self.spans.len())
+            .max_by_key(|&i| self.spans[i].len())
             .expect("a layout has at least one span")
     }
 }

@@ -6,10 +6,10 @@
 //! [`layout`] (vehicle, load carriers, roof and floor, tractor end), [`register`]
 //! (orientation, vertical scale/offset, non-rigid horizontal DTW warp), [`blur`] (the
 //! sharper scan blurred to the other's sharpness), [`diff`] (response curve, tolerant
-//! difference, noise, changed areas), then the common measurable range, scores, outputs
-//! and timings here. [`compare`] is a pure, blocking, CPU-bound function: callers run it
-//! off the async runtime. This module never touches files, the store or the network, and never guesses:
-//! a pair it cannot align is `Inconclusive` with the reason.
+//! difference, noise, changed areas), then the common measurable range, scores, outputs and
+//! timings here. [`compare`] is a pure, blocking, CPU-bound function: callers run it off
+//! the async runtime. This module never touches files, the store or the network, and never
+//! guesses: a pair it cannot align is `Inconclusive` with the reason.
 
 pub mod bench;
 pub mod blur;

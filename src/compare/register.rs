@@ -1,11 +1,11 @@
 //! Registration of an exit scan onto its entry scan, on the analysis grids: orientation
 //! (from where each tractor is, else from which way the images match better), a vertical
-//! scale and offset (the carriers' row profiles matched over the magnifications a fan
-//! beam allows, anchored on the roofs; else on the roof and the floor, the floor chosen
-//! among each scan's candidates by both scans together), and a monotonic non-rigid
-//! horizontal warp (coarse-to-fine banded DTW over per-column band means of the carrier's
-//! rows). The result maps every entry column and row to a
-//! fractional exit column and row. Pure computation.
+//! scale and offset (the carriers' row profiles matched over the magnifications a fan beam
+//! allows, anchored on the roofs; else on the roof and the floor, the floor chosen among
+//! each scan's candidates by both scans together), and a monotonic non-rigid horizontal
+//! warp (coarse-to-fine banded DTW over per-column band means of the carrier's rows). The
+//! result maps every entry column and row to a fractional exit column and row. Pure
+//! computation.
 
 use super::dtw::{dtw, Band, DtwParams, DtwPath, Feats};
 use super::layout::{Layout, Span};
