@@ -271,6 +271,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Node, NodeEr
     );
     state.uplink = uplink.clone();
     state.node_key = Some(node_key.clone());
+    state.transit = Some(transit.clone());
     let retention = state.retention.clone();
     tracker.spawn(retention::run(
         cfg.clone(),

@@ -1,8 +1,10 @@
 //! Centre-set tuning of the running checks: serves the uplink's `cmd/thresholds` (the
-//! `[transit]` and `[matching]` thresholds, per site) and `cmd/library-add` (reference items
-//! for the manifest check). Owns `<data_dir>/centre-thresholds.json`: the thresholds the
-//! centre set, applied over the config file's at every start, so a restart does not undo
-//! them. It never speaks MQTT (the uplink validates each command and sends the reply) and
+//! `[transit]` and `[matching]` thresholds, per site), `cmd/transit-calibration` (scanner-
+//! pair calibrations pushed and read back; saved in the calibration file the daemon loads at
+//! start, see `compare::calibrate`) and `cmd/library-add` (reference items for the manifest
+//! check). Owns `<data_dir>/centre-thresholds.json`: the thresholds the centre set, applied
+//! over the config file's at every start, so a restart does not undo them. It never speaks
+//! MQTT (the uplink validates each command and sends the reply) and
 //! never edits the config file.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::compare::calibrate::CalibrationSet;
 use crate::compare::transit::Transit;
 use crate::config::TransitConfig;
 use crate::ingest::decode::{self, DecodeLimits, SourceFormat};
@@ -20,8 +23,8 @@ use crate::matching::{check, library, CheckParams, Matcher};
 use crate::store::chain::sha256_hex;
 use crate::store::Store;
 use crate::uplink::commands::{
-    CentreRequest, CommandCall, CommandKind, LibraryAdd, ManifestThresholds, Thresholds,
-    TransitThresholds,
+    CalibrationUpdate, CentreRequest, CommandCall, CommandKind, LibraryAdd, ManifestThresholds,
+    Thresholds, TransitThresholds,
 };
 use crate::uplink::UplinkHandle;
 
@@ -100,7 +103,11 @@ impl Tuning {
         tracker: &TaskTracker,
         token: &CancellationToken,
     ) {
-        for kind in [CommandKind::Thresholds, CommandKind::LibraryAdd] {
+        for kind in [
+            CommandKind::Thresholds,
+            CommandKind::LibraryAdd,
+            CommandKind::TransitCalibration,
+        ] {
             let (tx, mut rx) = mpsc::channel::<CommandCall>(4);
             uplink.set_command_handler(kind, tx);
             let (me, token) = (self.clone(), token.clone());
@@ -114,6 +121,9 @@ impl Tuning {
                     let r = match call.request {
                         CentreRequest::Thresholds(t) => me.thresholds(t).await,
                         CentreRequest::LibraryAdd(a) => me.library_add(a).await,
+                        CentreRequest::TransitCalibration(u) => {
+                            me.transit_calibration(&id, u).await
+                        }
                     };
                     if let Err(e) = &r {
                         tracing::warn!(command_id = %id, error = %e, "centre command refused");
@@ -217,6 +227,75 @@ impl Tuning {
                 })),
             }
         }))
+    }
+
+    /// `cmd/transit-calibration`: drops and replaces scanner-pair calibrations (each pair
+    /// pushed is marked `source: centre`), saves the whole set durably, then puts it in
+    /// force and records it in the audit chain; answers with the set now in force. An
+    /// update naming nothing only reads the set back. Nothing changes when a pair to drop
+    /// has no calibration here or the file cannot be written.
+    async fn transit_calibration(
+        &self,
+        command_id: &str,
+        u: CalibrationUpdate,
+    ) -> Result<serde_json::Value, String> {
+        if u.set.is_empty() && u.remove.is_empty() {
+            return Ok(serde_json::json!({ "in_force": self.transit.calibration().to_value() }));
+        }
+        // From the file, not from what is in force: `calibrate transit` may have written it
+        // since the start, and a push must not undo the engineer's commissioning.
+        let dir = self.data_dir.clone();
+        let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
+            .await
+            .map_err(|_| "the node could not read its calibration".to_string())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the transit calibration");
+                format!("the node's calibration file cannot be used ({e}); nothing was changed")
+            })?;
+        for k in &u.remove {
+            if !set.remove(k) {
+                let have: Vec<String> = set.pairs().map(|p| p.key()).collect();
+                return Err(format!(
+                    "args.remove: this node has no calibration for scanner pair {k} (it has: {}); nothing was changed",
+                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                ));
+            }
+        }
+        let set_keys: Vec<String> = u.set.iter().map(|p| p.key()).collect();
+        for mut p in u.set {
+            p.source = "centre".into();
+            set.insert(p);
+        }
+        let (dir, to_save) = (self.data_dir.clone(), set.clone());
+        tokio::task::spawn_blocking(move || to_save.save(&dir))
+            .await
+            .map_err(|_| "the node could not save the calibration".to_string())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot save the transit calibration");
+                "the node could not save the calibration (see its log); nothing was changed"
+                    .to_string()
+            })?;
+        self.transit.set_calibration(set.clone());
+        let detail = serde_json::json!({"set": set_keys, "removed": u.remove});
+        let subject = format!("command:{command_id}");
+        if let Err(e) = self
+            .store
+            .write(move |t| {
+                crate::store::audit::append(
+                    t,
+                    "centre",
+                    "transit-calibration",
+                    Some(&subject),
+                    detail,
+                )?;
+                Ok(())
+            })
+            .await
+        {
+            tracing::error!(error = %e, "transit calibration applied but not audited");
+        }
+        tracing::info!(command_id, set = ?set_keys, removed = ?u.remove, "transit calibration set by the centre applied");
+        Ok(serde_json::json!({ "in_force": set.to_value() }))
     }
 
     /// `cmd/library-add`: embeds each item and stores it as a reference (idempotent: an

@@ -33,7 +33,13 @@ fn run(target: &str, data: &[u8]) {
             }
         }
         "command" => {
-            for name in ["thresholds", "image-request", "library-add", "other"] {
+            for name in [
+                "thresholds",
+                "transit-calibration",
+                "image-request",
+                "library-add",
+                "other",
+            ] {
                 let _ = parse_for_fuzzing(name, data);
             }
         }
@@ -72,6 +78,10 @@ fn hostile_commands_get_an_error_not_a_panic() {
         ("thresholds", br#"{"command_id": "c1", "args": {}}"#.to_vec()),
         ("image-request", br#"{"command_id": "c1", "args": {"scan_id": 7}}"#.to_vec()),
         ("library-add", br#"{"command_id": "c1", "args": {"items": [{"reference_id": null}]}}"#.to_vec()),
+        ("transit-calibration", br#"{"command_id": "c1", "args": {"pairs": [{}]}}"#.to_vec()),
+        ("transit-calibration", br#"{"command_id": "c1", "args": {"remove": ["no arrow"]}}"#.to_vec()),
+        ("transit-calibration", br#"{"command_id": "c1", "args": {"remove": ["A->B", "A->B"]}}"#.to_vec()),
+        ("transit-calibration", br#"{"command_id": "c1", "args": {"pairs": [], "other": 1}}"#.to_vec()),
         ("thresholds", deep.into_bytes()),
         ("thresholds", vec![0xff, 0xfe, b'{']),
     ];
@@ -83,6 +93,11 @@ fn hostile_commands_get_an_error_not_a_panic() {
             String::from_utf8_lossy(&payload)
         );
     }
+    assert!(parse_for_fuzzing(
+        "transit-calibration",
+        br#"{"command_id": "c1", "args": {}}"#
+    )
+    .is_ok());
     assert!(parse_for_fuzzing(
         "thresholds",
         br#"{"command_id": "c1", "args": {"transit": {"refer_score": 0.4}}}"#

@@ -1506,6 +1506,112 @@ async fn centre_thresholds_and_references_reach_the_checks_and_survive_a_restart
         0.42
     );
 
+    // A scanner pair's calibration: one the node's own file check would refuse is refused
+    // naming the field, dropping a pair it does not have changes nothing, a good one is
+    // put in force (marked as the centre's), read back, audited and shown on the status
+    // page.
+    let pair = |refer: f64| {
+        serde_json::json!({
+            "entry_scanner": "KHI-P1", "exit_scanner": "TKM-S2",
+            "target_false_alarm_rate": 0.01, "refer_od_m2": refer, "alert_od_m2": 2.0,
+            "pairs_used": 10, "pairs_inconclusive": 1,
+            "null": {"share_with_candidates": 0.5, "log_mean": -1.6, "log_sd": 0.6,
+                     "max_observed_od_m2": 0.4, "expected_false_alarm_rate": 0.004},
+            "samples": [0.0, 0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.1, 0.2, 0.3],
+            "calibrated_at": "2026-12-01T10:00:00Z", "source": "commissioning"
+        })
+    };
+    send(
+        "transit-calibration",
+        "k-bad",
+        serde_json::json!({"pairs": [pair(0.001)]}),
+    )
+    .await;
+    send(
+        "transit-calibration",
+        "k-unknown",
+        serde_json::json!({"remove": ["KHI-P9->TKM-S9"]}),
+    )
+    .await;
+    send(
+        "transit-calibration",
+        "k-set",
+        serde_json::json!({"pairs": [pair(0.9)]}),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "k-set reply", || {
+        reply("k-set").is_some()
+    })
+    .await;
+    send("transit-calibration", "k-read", serde_json::json!({})).await;
+    wait_for(Duration::from_secs(20), "k-read reply", || {
+        reply("k-read").is_some()
+    })
+    .await;
+    let r = reply("k-bad").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("args.pairs[0]") && e.contains("refer_od_m2"),
+        "{r}"
+    );
+    let r = reply("k-unknown").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("KHI-P9->TKM-S9"),
+        "{r}"
+    );
+    for id in ["k-set", "k-read"] {
+        let r = reply(id).unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        let pairs = r["result"]["in_force"]["pairs"].as_array().unwrap();
+        assert_eq!(pairs.len(), 1, "{r}");
+        assert_eq!(pairs[0]["refer_od_m2"], 0.9, "{r}");
+        assert_eq!(pairs[0]["source"], "centre", "{r}");
+    }
+    // The command and its reply are what the published contract describes.
+    let contracts = Contracts::load();
+    contracts.assert_fits(
+        "command.schema.json",
+        &serde_json::json!({"command_id": "k-set", "name": "transit-calibration",
+                            "args": {"pairs": [pair(0.9)], "remove": ["KHI-P2->TKM-S2"]}}),
+    );
+    assert!(!contracts
+        .errors(
+            "command.schema.json",
+            &serde_json::json!({"command_id": "k-x", "name": "transit-calibration",
+                                "args": {"pairs": [{"entry_scanner": "KHI-P1"}]}}),
+        )
+        .is_empty());
+    contracts.assert_fits("cmd-reply.schema.json", &reply("k-set").unwrap());
+    let in_force = node.node.as_ref().unwrap().transit.calibration();
+    assert_eq!(in_force.get("KHI-P1", "TKM-S2").unwrap().refer_od_m2, 0.9);
+    let audited: i64 = node
+        .node
+        .as_ref()
+        .unwrap()
+        .store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM audit WHERE action = 'transit-calibration' AND actor = 'centre'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(audited, 1, "one audit entry for the one change");
+    let (_, status) = node.get_json("/api/v1/status").await;
+    assert_eq!(
+        status["transit_calibration"][0]["pair"], "KHI-P1->TKM-S2",
+        "{status}"
+    );
+    let page = node.get_text("/status").await;
+    assert!(
+        page.contains("KHI-P1-&gt;TKM-S2") || page.contains("KHI-P1->TKM-S2"),
+        "the status page lists the calibrated pair"
+    );
+
     // A reference item: embedded with the node's model and stored in its library.
     let mut s = riac_node::sim::Simulator::new(riac_node::sim::SimOptions {
         seed: 31,
@@ -1558,10 +1664,33 @@ async fn centre_thresholds_and_references_reach_the_checks_and_survive_a_restart
         .any(|x| x.reference_id == "centre-ref-1" && x.hs_code == hs));
     node.stop().await;
 
-    // After a restart the centre's thresholds are still in force.
+    // After a restart the centre's thresholds and calibration are still in force; the
+    // centre can drop the pair again.
     let mut node = TestNode::start_with(make_cfg()).await;
     let n = node.node.as_ref().unwrap();
     assert_eq!(n.transit.config().thresholds.refer_score, 0.42);
+    let kept = n.transit.calibration();
+    let p = kept.get("KHI-P1", "TKM-S2").expect("calibration kept");
+    assert_eq!((p.refer_od_m2, p.source.as_str()), (0.9, "centre"));
+    let handle = n.uplink.clone();
+    wait_for(Duration::from_secs(20), "node subscribed again", || {
+        handle.status().subscribed
+    })
+    .await;
+    send(
+        "transit-calibration",
+        "k-rm",
+        serde_json::json!({"remove": ["KHI-P1->TKM-S2"]}),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "k-rm reply", || {
+        reply("k-rm").is_some()
+    })
+    .await;
+    let r = reply("k-rm").unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["in_force"]["pairs"], serde_json::json!([]));
+    assert!(node.node.as_ref().unwrap().transit.calibration().is_empty());
     node.stop().await;
 }
 

@@ -522,6 +522,20 @@ pub fn run_families(a: &FamilyArgs, th: &Thresholds) -> FamilyReport {
                         .map(|s| format!(" ({s})"))
                         .unwrap_or_default()
                 );
+                for g in c.candidates.iter().filter(|g| g.evidence_od_m2 > 0.0) {
+                    eprintln!(
+                        "    region [{} {} {} {}] {:.2} m² evidence {:.3} {} delta {:.3} z {:.1}",
+                        g.x0,
+                        g.y0,
+                        g.x1,
+                        g.y1,
+                        g.area_m2.unwrap_or(0.0),
+                        g.evidence_od_m2,
+                        g.kind,
+                        g.mean_delta,
+                        g.mean_z
+                    );
+                }
             }
         }
         all_times.extend_from_slice(&times);

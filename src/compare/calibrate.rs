@@ -128,7 +128,8 @@ impl PairCalibration {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every field; the error names the pair and the field.
+    pub fn validate(&self) -> Result<(), String> {
         let key = self.key();
         let bad = |what: &str| Err(format!("pair {key}: {what}"));
         if self.entry_scanner.trim().is_empty() || self.exit_scanner.trim().is_empty() {
@@ -251,6 +252,20 @@ impl CalibrationSet {
     /// Adds or replaces one pair's calibration.
     pub fn insert(&mut self, p: PairCalibration) {
         self.pairs.insert(p.key(), p);
+    }
+
+    /// Drops one pair's calibration (`ENTRY->EXIT`); false when there was none.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.pairs.remove(key).is_some()
+    }
+
+    /// The set as the file holds it (`schema`, `pairs`), for the centre's read-back.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(FileForm {
+            schema: SCHEMA.into(),
+            pairs: self.pairs.values().cloned().collect(),
+        })
+        .expect("calibration serialises")
     }
 
     pub fn pairs(&self) -> impl Iterator<Item = &PairCalibration> {

@@ -342,6 +342,17 @@ impl Transit {
         *self.inner.cfg.write().expect("transit config lock") = cfg;
     }
 
+    /// Replaces the scanner-pair calibration in force (the centre's
+    /// `cmd/transit-calibration`, after the file was saved); the next comparison uses it.
+    pub fn set_calibration(&self, set: CalibrationSet) {
+        self.inner.metrics.set_transit_calibration(&set);
+        *self
+            .inner
+            .calibration
+            .write()
+            .expect("transit calibration lock") = set;
+    }
+
     /// The scanner-pair calibration in force.
     pub fn calibration(&self) -> CalibrationSet {
         self.inner

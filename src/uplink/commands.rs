@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::session::{Context, Disposition};
+use crate::compare::calibrate::PairCalibration;
 use crate::store::chain::{sha256_hex, signing_bytes, Canonicalization, Signing};
 use crate::store::{self, outbox, StoreError};
 
@@ -44,6 +45,7 @@ use crate::store::{self, outbox, StoreError};
 pub enum CommandKind {
     LibraryAdd,
     Thresholds,
+    TransitCalibration,
 }
 
 /// One reference item for the matching library (`cmd/library-add`).
@@ -109,10 +111,28 @@ pub struct ManifestThresholds {
     pub loaded_fill_min: Option<f64>,
 }
 
+/// `cmd/transit-calibration`: scanner-pair calibrations to put in force (each replaces
+/// that pair's) and pairs (`ENTRY->EXIT`) to drop; both empty reads the set back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CalibrationUpdate {
+    pub set: Vec<PairCalibration>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalibrationUpdate {
+    #[serde(default)]
+    pairs: Vec<PairCalibration>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum CentreRequest {
     LibraryAdd(LibraryAdd),
     Thresholds(Thresholds),
+    TransitCalibration(CalibrationUpdate),
 }
 
 /// A validated command for a registered handler. The handler answers on `reply`: `Ok`
@@ -125,7 +145,7 @@ pub struct CommandCall {
 }
 
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
-const KNOWN: &str = "library-add, thresholds, image-request";
+const KNOWN: &str = "library-add, thresholds, transit-calibration, image-request";
 
 /// What a command came to.
 struct Outcome {
@@ -271,6 +291,7 @@ pub fn parse_for_fuzzing(name: &str, payload: &[u8]) -> Result<(), String> {
     let args = obj.get("args").cloned().unwrap_or(serde_json::Value::Null);
     match name {
         "thresholds" => parse_thresholds(args).map(|_| ()),
+        "transit-calibration" => parse_calibration(args).map(|_| ()),
         "image-request" => serde_path_to_error::deserialize::<_, ImageArgs>(args)
             .map(|_| ())
             .map_err(|e| e.to_string()),
@@ -378,6 +399,18 @@ pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Di
             }
             Err(e) => Outcome::err(e),
         },
+        "transit-calibration" => match parse_calibration(args) {
+            Ok(req) => {
+                call_handler(
+                    ctx,
+                    CommandKind::TransitCalibration,
+                    &command_id,
+                    CentreRequest::TransitCalibration(req),
+                )
+                .await
+            }
+            Err(e) => Outcome::err(e),
+        },
         "image-request" => match image_request(ctx, &command_id, args).await {
             Ok(o) => o,
             Err(StoreError::Closed) => return Disposition::Retry,
@@ -432,6 +465,7 @@ async fn call_handler(
     let what = match kind {
         CommandKind::LibraryAdd => "reference library",
         CommandKind::Thresholds => "threshold",
+        CommandKind::TransitCalibration => "transit calibration",
     };
     let not_supported = || {
         Outcome::err(format!(
@@ -636,6 +670,40 @@ async fn parse_library_add(ctx: &Context, args: serde_json::Value) -> Result<Lib
     })
     .await
     .map_err(|_| "the node is shutting down".to_string())?
+}
+
+/// `cmd/transit-calibration`'s arguments: each pair checked as the calibration file's are
+/// (the error names `args.pairs[i]` and the field), each pair to drop named
+/// `ENTRY->EXIT`, no pair both set and dropped, none twice.
+fn parse_calibration(args: serde_json::Value) -> Result<CalibrationUpdate, String> {
+    let raw: RawCalibrationUpdate = serde_path_to_error::deserialize(args)
+        .map_err(|e| format!("args.{}: {}", e.path(), e.inner()))?;
+    let mut keys = std::collections::BTreeSet::new();
+    for (i, p) in raw.pairs.iter().enumerate() {
+        p.validate().map_err(|e| format!("args.pairs[{i}]: {e}"))?;
+        if !keys.insert(p.key()) {
+            return Err(format!("args.pairs[{i}]: pair {} appears twice", p.key()));
+        }
+    }
+    for (i, k) in raw.remove.iter().enumerate() {
+        let ok = k
+            .split_once("->")
+            .is_some_and(|(a, b)| !a.trim().is_empty() && !b.trim().is_empty());
+        if !ok {
+            return Err(format!(
+                "args.remove[{i}]: {k:?} is not a scanner pair; write ENTRY_SCANNER->EXIT_SCANNER"
+            ));
+        }
+        if !keys.insert(k.clone()) {
+            return Err(format!(
+                "args.remove[{i}]: pair {k} is named twice (set and removed, or removed twice)"
+            ));
+        }
+    }
+    Ok(CalibrationUpdate {
+        set: raw.pairs,
+        remove: raw.remove,
+    })
 }
 
 fn parse_thresholds(args: serde_json::Value) -> Result<Thresholds, String> {

@@ -69,6 +69,7 @@ struct Shared {
     entries_tx: broadcast::Sender<String>,
     library: RwLock<Option<mpsc::Sender<CommandCall>>>,
     thresholds: RwLock<Option<mpsc::Sender<CommandCall>>>,
+    calibration: RwLock<Option<mpsc::Sender<CommandCall>>>,
     model: RwLock<Option<serde_json::Value>>,
     embeddings: RwLock<Option<EmbeddingSource>>,
     signer: Option<Arc<NodeKey>>,
@@ -91,6 +92,7 @@ impl UplinkHandle {
                 entries_tx,
                 library: RwLock::new(None),
                 thresholds: RwLock::new(None),
+                calibration: RwLock::new(None),
                 model: RwLock::new(None),
                 embeddings: RwLock::new(None),
                 signer,
@@ -153,6 +155,7 @@ impl UplinkHandle {
         let slot = match kind {
             CommandKind::LibraryAdd => &self.inner.library,
             CommandKind::Thresholds => &self.inner.thresholds,
+            CommandKind::TransitCalibration => &self.inner.calibration,
         };
         *slot.write().expect("handler lock") = Some(tx);
     }
@@ -161,6 +164,7 @@ impl UplinkHandle {
         let slot = match kind {
             CommandKind::LibraryAdd => &self.inner.library,
             CommandKind::Thresholds => &self.inner.thresholds,
+            CommandKind::TransitCalibration => &self.inner.calibration,
         };
         slot.read().expect("handler lock").clone()
     }

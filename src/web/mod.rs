@@ -78,6 +78,9 @@ pub struct AppState {
     pub node_key: Option<Arc<crate::uplink::keys::NodeKey>>,
     /// One evidence export at a time.
     pub export_permit: Arc<Semaphore>,
+    /// The transit check, for the status page's scanner-pair calibrations; `None` where
+    /// the server runs without one (some tests).
+    pub transit: Option<crate::compare::transit::Transit>,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl AppState {
             uplink,
             node_key: None,
             export_permit: Arc::new(Semaphore::new(1)),
+            transit: None,
         }
     }
 

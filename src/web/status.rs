@@ -85,6 +85,24 @@ async fn collect(st: &AppState) -> Result<Value, AppError> {
         .ok()
         .flatten();
     let oldest_age = figures.outbox_oldest.as_deref().and_then(age_of);
+    // Which scanner pairs the transit check judges on their own calibration (the rest on
+    // the uncalibrated defaults, whose false-alarm rate is unknown).
+    let calibration = st.transit.as_ref().map(|t| {
+        t.calibration()
+            .pairs()
+            .map(|p| {
+                json!({
+                    "pair": p.key(),
+                    "refer_od_m2": p.refer_od_m2,
+                    "alert_od_m2": p.alert_od_m2,
+                    "target_false_alarm_rate": p.target_false_alarm_rate,
+                    "pairs_used": p.pairs_used,
+                    "calibrated_at": p.calibrated_at,
+                    "source": p.source,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     Ok(json!({
         "node": {
             "node_id": st.cfg.node_id,
@@ -104,6 +122,7 @@ async fn collect(st: &AppState) -> Result<Value, AppError> {
             "certificate_sha256": st.tls_fingerprint,
         },
         "rejects": rejects,
+        "transit_calibration": calibration,
     }))
 }
 
@@ -221,6 +240,28 @@ pub async fn page(
                     div.meter title=(format!("{pct:.0}% used")) { span data-pct=(format!("{pct:.0}")) {} }
                 } @else {
                     p.muted { "Disk figures are not available." }
+                }
+            }
+        }
+        @if let Some(pairs) = s["transit_calibration"].as_array() {
+            div.panel #transit-calibration {
+                h2 { "Transit calibration (scanner pairs)" }
+                @if pairs.is_empty() {
+                    p.warn { "No scanner pair is calibrated: every transit verdict uses the uncalibrated default thresholds, whose false-alarm rate on your scanners is unknown. See docs/COMMISSIONING.md (riac-node calibrate transit), or the centre may push one." }
+                } @else {
+                    table {
+                        thead { tr { th { "Entry → exit scanner" } th { "Refer at (OD·m²)" } th { "Alert at (OD·m²)" } th { "Target false alarms" } th { "Clean pairs" } th { "Calibrated (UTC)" } th { "By" } } }
+                        tbody { @for p in pairs { tr {
+                            td.mono { (p["pair"].as_str().unwrap_or("")) }
+                            td { (format!("{:.3}", p["refer_od_m2"].as_f64().unwrap_or(0.0))) }
+                            td { (format!("{:.3}", p["alert_od_m2"].as_f64().unwrap_or(0.0))) }
+                            td { (format!("{:.1}%", 100.0 * p["target_false_alarm_rate"].as_f64().unwrap_or(0.0))) }
+                            td { (p["pairs_used"].as_u64().unwrap_or(0)) }
+                            td { (when(p["calibrated_at"].as_str().unwrap_or(""))) }
+                            td { (p["source"].as_str().unwrap_or("")) }
+                        } } }
+                    }
+                    p.muted { "Pairs not listed are judged on the uncalibrated defaults; their verdicts say so." }
                 }
             }
         }
