@@ -461,6 +461,11 @@ enum BenchWhat {
         /// Internal: only measure latency with the given backend and print JSON.
         #[arg(long, hide = true)]
         latency_only: bool,
+        /// Scanner families (comma-separated, `all` for every one): leave-one-family-out
+        /// instead (the library from all but one family, the test scans from that one, in
+        /// turn); --per-class and --tests are per fold.
+        #[arg(long, value_delimiter = ',')]
+        families: Vec<String>,
     },
     /// Transit check on simulator pairs: detection, false alarms, IoU, time per pair.
     Compare {
@@ -852,7 +857,12 @@ async fn main() -> Result<()> {
                 seed,
                 model,
                 latency_only,
+                families,
             } => {
+                let families = parse_families(&families)?;
+                if families.len() == 1 {
+                    bail!("--families: give at least two families (one is left out of the library in turn), or `all`");
+                }
                 let (contract, backend, ort) = model_choice(&model)?;
                 let params = if model.config.is_file() {
                     Config::load(&model.config, &Overrides::default())?
@@ -873,8 +883,12 @@ async fn main() -> Result<()> {
                     search_tiles,
                     latency_scans,
                     seed,
+                    fold: None,
                 };
-                if latency_only {
+                if !families.is_empty() {
+                    let r = riac_node::matching::bench::run_families(&opts, &families).await?;
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else if latency_only {
                     let r = riac_node::matching::bench::latency_only(&opts).await?;
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

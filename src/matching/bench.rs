@@ -2,8 +2,9 @@
 //! class), matches test scans from seeds the library never used (a share of them declared
 //! falsely) and reports accuracy, detection and false alarms; then the latency per
 //! 4000x1400 scan on tract and on ONNX Runtime (a child process: one backend per process),
-//! the exact search time at a large library, and the peak RSS. Never run by tests or the
-//! daemon.
+//! the exact search time at a large library, and the peak RSS. With `--families`, the
+//! leave-one-family-out protocol instead: the library from some scanner families, the test
+//! scans from one never in it, per family and pooled. Never run by tests or the daemon.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,9 @@ use serde::Serialize;
 use super::{cli, BackendChoice, CheckParams, EmbeddingModel, LibraryIndex, MatchError, Matcher};
 use crate::imaging::Gray16;
 use crate::scan::verdict::{ManifestStatus, Outcome};
-use crate::sim::{goods_classes, redeclare, SimDrop, SimImageFormat, SimOptions, Simulator};
+use crate::sim::{
+    goods_classes, redeclare, ScannerFamily, SimDrop, SimImageFormat, SimOptions, Simulator,
+};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -32,6 +35,16 @@ pub struct Options {
     pub seed: u64,
     /// Thresholds of the checks (the config's `[matching]`, else the defaults).
     pub params: CheckParams,
+    /// Leave-one-family-out: the library from these scanner families, the test scans
+    /// from another one (latency and search timing are then not measured).
+    pub fold: Option<Fold>,
+}
+
+/// One fold of the cross-family protocol.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    pub held_out: ScannerFamily,
+    pub library: Vec<ScannerFamily>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +88,9 @@ pub struct Report {
     pub tests: usize,
     pub test_seed: u64,
     pub false_declarations: usize,
+    pub true_declarations: usize,
+    /// Test scans with goods (not empty): the denominator of the top-1 accuracy.
+    pub goods_scans: usize,
     /// Top-1 reference heading = true heading, over test scans with goods.
     pub top1_class_accuracy: f64,
     /// False declarations whose manifest status is `inconsistent`.
@@ -92,7 +108,8 @@ pub struct Report {
     pub skipped_references: Vec<(String, String)>,
     pub params: String,
     pub latency: Vec<Latency>,
-    pub search: SearchTiming,
+    /// Not measured in a fold of the cross-family protocol.
+    pub search: Option<SearchTiming>,
     pub peak_rss_mib: f64,
     pub cpus: usize,
 }
@@ -206,10 +223,13 @@ fn sim(seed: u64, scale: f64) -> Simulator {
     })
 }
 
-/// Renders drops on every core: each job is (seed, class), so the set does not depend on
-/// the number of threads. Each drop is named `SIM-<seed>` (simulators started from
+/// Renders drops on every core: each job is (seed, class, scanner family), so the set does
+/// not depend on the number of threads. Each drop is named `SIM-<seed>` (simulators started from
 /// different seeds may hand out the same scan id).
-pub(crate) fn render(jobs: Vec<(u64, String)>, scale: f64) -> Vec<Option<SimDrop>> {
+pub(crate) fn render(
+    jobs: Vec<(u64, String, Option<ScannerFamily>)>,
+    scale: f64,
+) -> Vec<Option<SimDrop>> {
     let n = jobs.len();
     let next = Mutex::new(0usize);
     let out: Mutex<Vec<Option<SimDrop>>> = Mutex::new(vec![None; n]);
@@ -226,11 +246,13 @@ pub(crate) fn render(jobs: Vec<(u64, String)>, scale: f64) -> Vec<Option<SimDrop
                 if i >= n {
                     break;
                 }
-                let (seed, class) = &jobs[i];
-                let d = sim(*seed, scale).next_drop_of_class(class).map(|mut d| {
-                    crate::sim::rename(&mut d, &format!("SIM-{seed}"));
-                    d
-                });
+                let (seed, class, family) = &jobs[i];
+                let d = sim(*seed, scale)
+                    .next_drop_of_class_with(class, *family)
+                    .map(|mut d| {
+                        crate::sim::rename(&mut d, &format!("SIM-{seed}"));
+                        d
+                    });
                 out.lock().expect("lock")[i] = d;
             });
         }
@@ -246,11 +268,12 @@ fn load_model(o: &Options) -> Result<EmbeddingModel, BenchError> {
 /// Scans for the latency figures: simulator scans resampled to 4000x1400, as `bench ingest`.
 fn latency_images(o: &Options) -> Vec<(Gray16, serde_json::Value)> {
     let classes = goods_classes();
-    let jobs: Vec<(u64, String)> = (0..o.latency_scans)
+    let jobs: Vec<(u64, String, Option<ScannerFamily>)> = (0..o.latency_scans)
         .map(|i| {
             (
                 o.seed + 5000 + i as u64,
                 classes[i % (classes.len() - 1)].hs_code.to_string(),
+                None,
             )
         })
         .collect();
@@ -346,7 +369,8 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
     let t0 = Instant::now();
     let lib_dir = data_dir.join("refs");
     std::fs::create_dir_all(&lib_dir).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let jobs: Vec<(u64, String)> = classes
+    let lib_family = |k: usize| o.fold.as_ref().map(|f| f.library[k % f.library.len()]);
+    let jobs: Vec<(u64, String, Option<ScannerFamily>)> = classes
         .iter()
         .enumerate()
         .flat_map(|(ci, c)| {
@@ -354,6 +378,7 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
                 (
                     o.seed * 100_000 + (ci * 1000 + k) as u64,
                     c.hs_code.to_string(),
+                    lib_family(ci * o.per_class + k),
                 )
             })
         })
@@ -383,6 +408,7 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
 
     // Test scans: other seeds; a share declared falsely.
     let test_seed = o.seed * 100_000 + 50_000;
+    let test_family = o.fold.as_ref().map(|f| f.held_out);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(test_seed);
     let mut plan = Vec::new();
     for i in 0..o.tests {
@@ -426,7 +452,10 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
         // A few scans rendered at a time: the test set never sits in memory whole.
         let mut scans = Vec::new();
         for chunk in plan2.chunks(8) {
-            let jobs = chunk.iter().map(|(s, c, _)| (*s, c.clone())).collect();
+            let jobs = chunk
+                .iter()
+                .map(|(s, c, _)| (*s, c.clone(), test_family))
+                .collect();
             scans.extend(render(jobs, scale).into_iter().zip(chunk.iter().cloned()));
             for (d, (_, truth, declared)) in scans.drain(..) {
                 let Some(mut d) = d else { continue };
@@ -499,7 +528,171 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
     let (t, kept) = t;
     let sweep = sweep(&kept, &o.params);
 
-    // Latency on a 4000x1400 scan: tract here, ONNX Runtime in a child process.
+    // Latency on a 4000x1400 scan: tract here, ONNX Runtime in a child process; the
+    // exact search at `search_tiles`. Neither depends on the fold: measured only once.
+    let (latency, search) = if o.fold.is_some() {
+        (Vec::new(), None)
+    } else {
+        let (l, s) = timings(o, &matcher, &index).await?;
+        (l, Some(s))
+    };
+
+    store.close().await;
+    Ok(Report {
+        model: model_name,
+        classes: classes.len(),
+        references: index.refs.len(),
+        library_tiles: index.tile_count(),
+        library_build_s: (library_build_s * 10.0).round() / 10.0,
+        tests: t.n,
+        test_seed,
+        false_declarations: t.false_n,
+        true_declarations: t.true_n,
+        goods_scans: t.n_goods,
+        top1_class_accuracy: rate(t.top1, t.n_goods),
+        false_declaration_detection: rate(t.detected, t.false_n),
+        false_declaration_flagged: rate(t.flagged, t.false_n),
+        false_alarms_on_true: rate(t.false_alarm, t.true_n),
+        unknown_on_true: rate(t.unknown_true, t.true_n),
+        empty_check: EmptyStats {
+            loaded_declared_empty_flagged: (t.empty.loaded_declared_empty_n > 0)
+                .then(|| rate(t.led_flag, t.empty.loaded_declared_empty_n)),
+            empty_declared_loaded_flagged: (t.empty.empty_declared_loaded_n > 0)
+                .then(|| rate(t.edl_flag, t.empty.empty_declared_loaded_n)),
+            empty_true_false_alarms: (t.empty.empty_true_n > 0)
+                .then(|| rate(t.et_alarm, t.empty.empty_true_n)),
+            ..t.empty
+        },
+        per_class_top1: t
+            .per_class
+            .iter()
+            .map(|(c, (n, ok))| (c.clone(), *n, rate(*ok, *n)))
+            .collect(),
+        operating_points: sweep,
+        skipped_references: imported.skipped.clone(),
+        params: format!("{:?}", o.params),
+        latency,
+        search,
+        peak_rss_mib: crate::bench::peak_rss_mib(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+/// `bench match --families`: leave-one-family-out folds and their pooled figures.
+#[derive(Debug, Serialize)]
+pub struct FamilyReport {
+    pub protocol: &'static str,
+    pub families: Vec<String>,
+    pub folds: Vec<FoldReport>,
+    pub pooled: Pooled,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FoldReport {
+    /// The family every test scan of the fold comes from, never in its library.
+    pub test_family: String,
+    pub library_families: Vec<String>,
+    pub report: Report,
+}
+
+/// Counts summed over the folds.
+#[derive(Debug, Default, Serialize)]
+pub struct Pooled {
+    pub top1_class_accuracy: Rate,
+    pub false_declaration_detection: Rate,
+    pub false_declaration_flagged: Rate,
+    pub false_alarms_on_true: Rate,
+    pub unknown_on_true: Rate,
+    /// Truly empty containers declared empty and called inconsistent.
+    pub empty_true_false_alarms: Rate,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Rate {
+    pub hits: usize,
+    pub of: usize,
+    pub rate: f64,
+}
+
+impl Rate {
+    fn add(&mut self, share: Option<f64>, of: usize) {
+        let hits = (share.unwrap_or(0.0) * of as f64).round() as usize;
+        self.hits += hits;
+        self.of += of;
+        self.rate = rate(self.hits, self.of);
+    }
+}
+
+/// Each family in turn is the test scanner; the library is built from the other families'
+/// scans (references spread over them in turn) at the same seeds as every other fold, so
+/// the folds differ only in which scanners took the pictures.
+pub async fn run_families(
+    o: &Options,
+    families: &[ScannerFamily],
+) -> Result<FamilyReport, BenchError> {
+    let mut folds = Vec::new();
+    let mut pooled = Pooled::default();
+    for &held_out in families {
+        let library: Vec<ScannerFamily> = families
+            .iter()
+            .copied()
+            .filter(|&f| f != held_out)
+            .collect();
+        let fo = Options {
+            fold: Some(Fold {
+                held_out,
+                library: library.clone(),
+            }),
+            ..o.clone()
+        };
+        let r = run(&fo).await?;
+        eprintln!(
+            "test family {held_out}: top-1 {:.3}, false declarations caught {:.3}, false alarms {:.3}, inconclusive on true {:.3}",
+            r.top1_class_accuracy,
+            r.false_declaration_detection,
+            r.false_alarms_on_true,
+            r.unknown_on_true
+        );
+        pooled
+            .top1_class_accuracy
+            .add(Some(r.top1_class_accuracy), r.goods_scans);
+        pooled
+            .false_declaration_detection
+            .add(Some(r.false_declaration_detection), r.false_declarations);
+        pooled
+            .false_declaration_flagged
+            .add(Some(r.false_declaration_flagged), r.false_declarations);
+        pooled
+            .false_alarms_on_true
+            .add(Some(r.false_alarms_on_true), r.true_declarations);
+        pooled
+            .unknown_on_true
+            .add(Some(r.unknown_on_true), r.true_declarations);
+        pooled.empty_true_false_alarms.add(
+            r.empty_check.empty_true_false_alarms,
+            r.empty_check.empty_true_n,
+        );
+        folds.push(FoldReport {
+            test_family: held_out.to_string(),
+            library_families: library.iter().map(|f| f.to_string()).collect(),
+            report: r,
+        });
+    }
+    Ok(FamilyReport {
+        protocol: "leave one scanner family out: for each family, the reference library is built from the other families' scans only and every test scan comes from the held-out family; no family was used to set the check's constants",
+        families: families.iter().map(|f| f.to_string()).collect(),
+        folds,
+        pooled,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+async fn timings(
+    o: &Options,
+    matcher: &Arc<Matcher>,
+    index: &Arc<LibraryIndex>,
+) -> Result<(Vec<Latency>, SearchTiming), BenchError> {
     let imgs = {
         let o = o.clone();
         tokio::task::spawn_blocking(move || latency_images(&o))
@@ -532,44 +725,7 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
             .await
             .map_err(|e| BenchError::Setup(e.to_string()))?
     };
-
-    store.close().await;
-    Ok(Report {
-        model: model_name,
-        classes: classes.len(),
-        references: index.refs.len(),
-        library_tiles: index.tile_count(),
-        library_build_s: (library_build_s * 10.0).round() / 10.0,
-        tests: t.n,
-        test_seed,
-        false_declarations: t.false_n,
-        top1_class_accuracy: rate(t.top1, t.n_goods),
-        false_declaration_detection: rate(t.detected, t.false_n),
-        false_declaration_flagged: rate(t.flagged, t.false_n),
-        false_alarms_on_true: rate(t.false_alarm, t.true_n),
-        unknown_on_true: rate(t.unknown_true, t.true_n),
-        empty_check: EmptyStats {
-            loaded_declared_empty_flagged: (t.empty.loaded_declared_empty_n > 0)
-                .then(|| rate(t.led_flag, t.empty.loaded_declared_empty_n)),
-            empty_declared_loaded_flagged: (t.empty.empty_declared_loaded_n > 0)
-                .then(|| rate(t.edl_flag, t.empty.empty_declared_loaded_n)),
-            empty_true_false_alarms: (t.empty.empty_true_n > 0)
-                .then(|| rate(t.et_alarm, t.empty.empty_true_n)),
-            ..t.empty
-        },
-        per_class_top1: t
-            .per_class
-            .iter()
-            .map(|(c, (n, ok))| (c.clone(), *n, rate(*ok, *n)))
-            .collect(),
-        operating_points: sweep,
-        skipped_references: imported.skipped.clone(),
-        params: format!("{:?}", o.params),
-        latency,
-        search,
-        peak_rss_mib: crate::bench::peak_rss_mib(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
+    Ok((latency, search))
 }
 
 async fn ort_child(o: &Options, library: &std::path::Path) -> Result<Latency, BenchError> {

@@ -430,11 +430,11 @@ pub async fn seed_from_simulator(
         path: dir.clone(),
         source,
     })?;
-    let jobs: Vec<(u64, String)> = classes
+    let jobs: Vec<(u64, String, Option<crate::sim::ScannerFamily>)> = classes
         .iter()
         .enumerate()
         .flat_map(|(ci, c)| {
-            (0..per_class).map(move |k| (seed + (ci * 100 + k) as u64, c.to_string()))
+            (0..per_class).map(move |k| (seed + (ci * 100 + k) as u64, c.to_string(), None))
         })
         .collect();
     let d2 = dir.clone();

@@ -8,7 +8,7 @@ use serde_json::json;
 use time::Duration;
 
 use super::goods::Goods;
-use super::scanner::Pass;
+use super::scanner::{Pass, ScannerFamily};
 use super::scene::{container_id, load, Scene, Unit};
 use super::vehicle::{build_vehicle, shell, UnitKind};
 use super::{chance, declaration, SimDrop, SimRng, Simulator};
@@ -76,6 +76,16 @@ impl Simulator {
     /// An import scan of a truck carrying only `hs_code` goods (one of [`goods_classes`]),
     /// declared truthfully; `None` for a code the simulator does not know.
     pub fn next_drop_of_class(&mut self, hs_code: &str) -> Option<SimDrop> {
+        self.next_drop_of_class_with(hs_code, None)
+    }
+
+    /// Like [`Simulator::next_drop_of_class`] (the same load for the same seed), scanned by
+    /// this site's scanner of `family` when one is given.
+    pub fn next_drop_of_class_with(
+        &mut self,
+        hs_code: &str,
+        family: Option<ScannerFamily>,
+    ) -> Option<SimDrop> {
         let goods = class_by_code(hs_code)?;
         let mut r = SimRng::seed_from_u64(self.rng.random());
         let carriers = goods.carriers();
@@ -108,11 +118,15 @@ impl Simulator {
         }
         let scene = scene?;
         let sc = self.site_scanners[usize::from(chance(&mut r, 0.3))].clone();
-        let mirrored = chance(&mut r, 0.3);
+        let mirrored = chance(&mut r, family.map_or(0.3, |f| f.mirror_p()));
         let pass = Pass::random(&mut r, mirrored);
+        let site = self.opts.site_id.clone();
+        let (sc, pass) = match family {
+            Some(f) => super::family_scan(f, &site, &pass),
+            None => (sc, pass),
+        };
         let when = self.now() - Duration::seconds(r.random_range(20..1800));
         let decl = declaration(&mut r, &scene, "import", &self.opts, when);
-        let site = self.opts.site_id.clone();
         Some(self.drop_for(&scene, &sc, &pass, &site, when, "import", decl))
     }
 }

@@ -756,6 +756,28 @@ fn a_family_drop_scans_the_same_truck_as_the_default_drop() {
 }
 
 #[test]
+fn a_goods_class_drop_of_a_family_is_the_same_load_on_that_family_s_scanner() {
+    // What `bench match --families` rests on: the references and test scans of every fold
+    // hold the same goods; only the scanner that took them differs.
+    let a = sim(11, 0.3, SimImageFormat::Png)
+        .next_drop_of_class("2202.10")
+        .unwrap();
+    let b = sim(11, 0.3, SimImageFormat::Png)
+        .next_drop_of_class_with("2202.10", Some(ScannerFamily::GammaCobalt))
+        .unwrap();
+    for k in ["container_ids", "vehicle_plate", "declaration"] {
+        assert_eq!(a.sidecar[k], b.sidecar[k], "{k}");
+    }
+    assert_ne!(a.sidecar["scanner_id"], b.sidecar["scanner_id"]);
+    assert_eq!(
+        b.sidecar["scanner_id"],
+        sim(12, 0.3, SimImageFormat::Png)
+            .next_drop_with(ScannerFamily::GammaCobalt)
+            .sidecar["scanner_id"]
+    );
+}
+
+#[test]
 fn a_site_and_family_is_one_physical_scanner() {
     // Its fully dead detector lines are the same rows whatever the simulator's seed.
     let dead_rows = |seed: u64, site: &str, f: ScannerFamily| -> Vec<u32> {
