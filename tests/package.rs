@@ -217,7 +217,12 @@ fn every_shipped_config_template_validates() {
         assert!(out.status.success(), "{}:\n{text}", f.display());
         assert!(text.contains("is valid"), "{text}");
     }
-    // The templates name the model the package installs, and it exists in the source tree.
+    // The packaged config and the templates name the model the package installs (a fresh
+    // install checks from the start), and it exists in the source tree.
+    let packaged = std::fs::read_to_string(repo().join("firmware-config/riac-node.toml")).unwrap();
+    assert!(packaged
+        .lines()
+        .any(|l| l == "model = \"/usr/share/riac-node/models/riac-texture.toml\""));
     for t in ["sea-port-entry.toml", "border-exit.toml"] {
         let text = std::fs::read_to_string(site_template(t)).unwrap();
         assert!(
