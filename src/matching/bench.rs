@@ -654,25 +654,42 @@ pub async fn run_families(
             r.false_alarms_on_true,
             r.unknown_on_true
         );
-        pooled
-            .top1_class_accuracy
-            .add(Some(r.top1_class_accuracy), r.goods_scans);
-        pooled
-            .false_declaration_detection
-            .add(Some(r.false_declaration_detection), r.false_declarations);
-        pooled
-            .false_declaration_flagged
-            .add(Some(r.false_declaration_flagged), r.false_declarations);
-        pooled
-            .false_alarms_on_true
-            .add(Some(r.false_alarms_on_true), r.true_declarations);
-        pooled
-            .unknown_on_true
-            .add(Some(r.unknown_on_true), r.true_declarations);
-        pooled.empty_true_false_alarms.add(
-            r.empty_check.empty_true_false_alarms,
-            r.empty_check.empty_true_n,
-        );
+        let p = &mut pooled;
+        let e = &r.empty_check;
+        for (sum, share, of) in [
+            (
+                &mut p.top1_class_accuracy,
+                Some(r.top1_class_accuracy),
+                r.goods_scans,
+            ),
+            (
+                &mut p.false_declaration_detection,
+                Some(r.false_declaration_detection),
+                r.false_declarations,
+            ),
+            (
+                &mut p.false_declaration_flagged,
+                Some(r.false_declaration_flagged),
+                r.false_declarations,
+            ),
+            (
+                &mut p.false_alarms_on_true,
+                Some(r.false_alarms_on_true),
+                r.true_declarations,
+            ),
+            (
+                &mut p.unknown_on_true,
+                Some(r.unknown_on_true),
+                r.true_declarations,
+            ),
+            (
+                &mut p.empty_true_false_alarms,
+                e.empty_true_false_alarms,
+                e.empty_true_n,
+            ),
+        ] {
+            sum.add(share, of);
+        }
         folds.push(FoldReport {
             test_family: held_out.to_string(),
             library_families: library.iter().map(|f| f.to_string()).collect(),
