@@ -111,7 +111,8 @@ enum Command {
         #[arg(long)]
         goods: Option<String>,
         /// Scanner families (`riac-node bench compare --help` lists them): one for single
-        /// scans, ENTRY,EXIT for --transit-pairs. Default: the demo site's scanners.
+        /// scans (with --goods too: a model's training set from chosen scanners), ENTRY,EXIT
+        /// for --transit-pairs. Default: the demo site's scanners.
         #[arg(long, value_delimiter = ',')]
         families: Vec<String>,
     },
@@ -634,11 +635,11 @@ async fn main() -> Result<()> {
             }
             let families = parse_families(&families)?;
             let want = if transit_pairs { 2 } else { 1 };
-            if !families.is_empty() && (families.len() != want || goods.is_some()) {
-                bail!("--families: give one family for single scans, or ENTRY,EXIT with --transit-pairs (not with --goods)");
+            if !families.is_empty() && families.len() != want {
+                bail!("--families: give one family for single scans (with or without --goods), or ENTRY,EXIT with --transit-pairs");
             }
             let kind = match (goods, families.as_slice(), transit_pairs) {
-                (Some(code), _, _) => SimKind::Goods(code),
+                (Some(code), f, _) => SimKind::Goods(code, f.first().copied()),
                 (None, [e, x], true) => SimKind::FamilyPairs(*e, *x),
                 (None, _, true) => SimKind::Pairs,
                 (None, [f], false) => SimKind::Family(*f),
@@ -1423,7 +1424,8 @@ async fn demo(node: NodeArgs, interval_secs: f64, resolution_scale: f64, keep: b
 /// What `simulate` writes.
 enum SimKind {
     Drops,
-    Goods(String),
+    /// One goods class, on the default scanners or on one family's.
+    Goods(String, Option<riac_node::sim::ScannerFamily>),
     Pairs,
     Family(riac_node::sim::ScannerFamily),
     FamilyPairs(riac_node::sim::ScannerFamily, riac_node::sim::ScannerFamily),
@@ -1447,7 +1449,7 @@ async fn simulate(
     let mut sim = Simulator::new(opts);
     for _ in 0..count {
         let (single, pair) = tokio::task::block_in_place(|| match &kind {
-            SimKind::Goods(code) => (sim.next_drop_of_class(code), None),
+            SimKind::Goods(code, f) => (sim.next_drop_of_class_with(code, *f), None),
             SimKind::FamilyPairs(e, x) => (None, Some(sim.next_transit_pair_with(*e, *x))),
             SimKind::Pairs => (None, Some(sim.next_transit_pair())),
             SimKind::Family(f) => (Some(sim.next_drop_with(*f)), None),

@@ -359,6 +359,47 @@ fn simulate_out_writes_pairs_with_ground_truth_outside_the_drop_folder() {
 }
 
 #[test]
+fn simulate_goods_on_a_family_s_scanner_and_refuses_a_pair_of_families_for_single_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = |families: &str| {
+        Command::new(env!("CARGO_BIN_EXE_riac-node"))
+            .args([
+                "simulate",
+                "--count",
+                "1",
+                "--goods",
+                "2202.10",
+                "--families",
+                families,
+                "--resolution-scale",
+                "0.15",
+                "--out",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = sim("gamma-cobalt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sidecars = sidecars_in(dir.path());
+    assert_eq!(sidecars.len(), 1);
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(&sidecars[0])).unwrap()).unwrap();
+    assert_eq!(s["declaration"]["goods"][0]["hs_code"], "2202.10", "{s}");
+    assert!(
+        s["scanner_id"].as_str().unwrap().ends_with("-GC"),
+        "the gamma-cobalt family's scanner: {s}"
+    );
+    let out = sim("gamma-cobalt,portal-radar");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--families"), "{err}");
+}
+
+#[test]
 fn demo_serves_simulated_scans() {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_riac-node"))
