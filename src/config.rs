@@ -314,6 +314,13 @@ pub struct IngestConfig {
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/riac-node/riac-node.toml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/riac-node";
+/// The node's database file, inside its data dir.
+pub const DB_FILE: &str = "riac-node.db";
+
+/// The database file of the data dir `data_dir`: the one place its name is joined.
+pub fn db_in(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 impl RawConfig {
@@ -802,7 +809,7 @@ impl Config {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("riac-node.db")
+        db_in(&self.data_dir)
     }
 
     /// Where drops that failed validation go, beside the drops themselves so that the

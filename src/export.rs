@@ -621,7 +621,7 @@ pub async fn export_cli(
     selection: Selection,
     out: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    let db = data_dir.join("riac-node.db");
+    let db = crate::config::db_in(data_dir);
     if !db.is_file() {
         return Err(ExportError::NoDatabase(data_dir.to_path_buf()));
     }

@@ -1124,7 +1124,7 @@ fn cli_data_dir(a: &ModelArgs) -> Result<PathBuf> {
 async fn open_store(data_dir: &Path) -> Result<riac_node::store::Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
-    let db = data_dir.join("riac-node.db");
+    let db = riac_node::config::db_in(data_dir);
     let store = tokio::task::spawn_blocking(move || riac_node::store::Store::open(&db))
         .await
         .context("opening the database")??;
@@ -1224,7 +1224,7 @@ async fn library(what: LibraryWhat) -> Result<()> {
 
 async fn match_one(sidecar: &Path, a: &ModelArgs, json: bool, embeddings: bool) -> Result<()> {
     let data_dir = cli_data_dir(a)?;
-    if !data_dir.join("riac-node.db").is_file() {
+    if !riac_node::config::db_in(&data_dir).is_file() {
         bail!(
             "{} has no riac-node.db: give the data dir that holds the library (--data-dir), or import references first with `riac-node library import DIR --data-dir DIR`",
             data_dir.display()

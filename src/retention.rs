@@ -366,7 +366,7 @@ pub async fn pin_cli(
     pinned: bool,
     note: Option<String>,
 ) -> Result<String, PinError> {
-    let db = data_dir.join("riac-node.db");
+    let db = crate::config::db_in(data_dir);
     if !db.is_file() {
         return Err(PinError::NoDatabase(db));
     }

@@ -333,7 +333,7 @@ pub async fn latency_only(o: &Options) -> Result<Latency, BenchError> {
     tokio::task::spawn_blocking(move || {
         let model = load_model(&o)?;
         let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(e.to_string()))?;
-        let store = Store::open(&dir.path().join("riac-node.db"))?;
+        let store = Store::open(&crate::config::db_in(dir.path()))?;
         let m = Matcher::new(model, o.params, store);
         time_latency(&m, &latency_images(&o))
     })
@@ -348,7 +348,7 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let data_dir = dir.path().to_path_buf();
     let store = {
-        let db = data_dir.join("riac-node.db");
+        let db = crate::config::db_in(&data_dir);
         tokio::task::spawn_blocking(move || Store::open(&db))
             .await
             .map_err(|e| BenchError::Setup(e.to_string()))??

@@ -509,7 +509,7 @@ fn act_as_data_dir_owner(data_dir: &Path) -> Result<(), AccountError> {
 /// SQLite serialises the two processes' writes). Returns what to print.
 pub async fn cli(data_dir: &Path, cmd: UserCommand) -> Result<String, AccountError> {
     act_as_data_dir_owner(data_dir)?;
-    let db = data_dir.join("riac-node.db");
+    let db = crate::config::db_in(data_dir);
     if !matches!(cmd, UserCommand::Add { .. }) && !db.is_file() {
         return Err(AccountError::NoDatabase(db.display().to_string()));
     }
