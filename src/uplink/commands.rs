@@ -135,6 +135,17 @@ pub enum CentreRequest {
     TransitCalibration(CalibrationUpdate),
 }
 
+impl CentreRequest {
+    /// The handler that serves it.
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            CentreRequest::LibraryAdd(_) => CommandKind::LibraryAdd,
+            CentreRequest::Thresholds(_) => CommandKind::Thresholds,
+            CentreRequest::TransitCalibration(_) => CommandKind::TransitCalibration,
+        }
+    }
+}
+
 /// A validated command for a registered handler. The handler answers on `reply`: `Ok`
 /// with a JSON result (goes into the reply's `result`) or `Err` with a message for the
 /// centre (never internal error text). Within 60 s, or the centre is told it timed out.
@@ -375,42 +386,20 @@ pub(super) async fn handle(ctx: &Arc<Context>, name: &str, payload: &[u8]) -> Di
 
     let args = obj.get("args").cloned().unwrap_or(serde_json::json!({}));
     let outcome = match name {
-        "library-add" => match parse_library_add(ctx, args).await {
-            Ok(req) => {
-                call_handler(
-                    ctx,
-                    CommandKind::LibraryAdd,
-                    &command_id,
-                    CentreRequest::LibraryAdd(req),
-                )
-                .await
+        // Validated here, carried out by the handler another module registered.
+        "library-add" | "thresholds" | "transit-calibration" => {
+            let request = match name {
+                "library-add" => parse_library_add(ctx, args)
+                    .await
+                    .map(CentreRequest::LibraryAdd),
+                "thresholds" => parse_thresholds(args).map(CentreRequest::Thresholds),
+                _ => parse_calibration(args).map(CentreRequest::TransitCalibration),
+            };
+            match request {
+                Ok(req) => call_handler(ctx, &command_id, req).await,
+                Err(e) => Outcome::err(e),
             }
-            Err(e) => Outcome::err(e),
-        },
-        "thresholds" => match parse_thresholds(args) {
-            Ok(req) => {
-                call_handler(
-                    ctx,
-                    CommandKind::Thresholds,
-                    &command_id,
-                    CentreRequest::Thresholds(req),
-                )
-                .await
-            }
-            Err(e) => Outcome::err(e),
-        },
-        "transit-calibration" => match parse_calibration(args) {
-            Ok(req) => {
-                call_handler(
-                    ctx,
-                    CommandKind::TransitCalibration,
-                    &command_id,
-                    CentreRequest::TransitCalibration(req),
-                )
-                .await
-            }
-            Err(e) => Outcome::err(e),
-        },
+        }
         "image-request" => match image_request(ctx, &command_id, args).await {
             Ok(o) => o,
             Err(StoreError::Closed) => return Disposition::Retry,
@@ -456,12 +445,8 @@ fn check_signature(
         .map_err(|e| format!("{e}: not signed by the centre key configured on this node"))
 }
 
-async fn call_handler(
-    ctx: &Context,
-    kind: CommandKind,
-    command_id: &str,
-    request: CentreRequest,
-) -> Outcome {
+async fn call_handler(ctx: &Context, command_id: &str, request: CentreRequest) -> Outcome {
+    let kind = request.kind();
     let what = match kind {
         CommandKind::LibraryAdd => "reference library",
         CommandKind::Thresholds => "threshold",
