@@ -30,6 +30,33 @@ pub struct IngestReport {
     pub cpus: usize,
 }
 
+/// A share counted as hits of trials, as every bench reports one (detection, false alarms,
+/// inconclusive...), so that figures from several runs can be summed before dividing.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Rate {
+    pub hits: usize,
+    pub of: usize,
+    pub rate: f64,
+}
+
+impl Rate {
+    /// One more trial.
+    pub fn add(&mut self, hit: bool) {
+        self.add_counts(usize::from(hit), 1);
+    }
+
+    /// `hits` of `of` more trials (another run's counts).
+    pub fn add_counts(&mut self, hits: usize, of: usize) {
+        self.hits += hits;
+        self.of += of;
+        self.rate = if self.of > 0 {
+            self.hits as f64 / self.of as f64
+        } else {
+            0.0
+        };
+    }
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{compare, Input, Status, Thresholds};
+use crate::bench::Rate;
 use crate::imaging::Gray16;
 use crate::scan::CabSide;
 use crate::sim::{SimDrop, SimOptions, SimPair, Simulator};
@@ -31,21 +32,6 @@ pub struct BenchArgs {
     pub dump: Option<PathBuf>,
     /// Print one line per pair.
     pub verbose: bool,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct Rate {
-    pub hits: usize,
-    pub of: usize,
-    pub rate: f64,
-}
-
-impl Rate {
-    fn add(&mut self, hit: bool) {
-        self.of += 1;
-        self.hits += usize::from(hit);
-        self.rate = self.hits as f64 / self.of as f64;
-    }
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -343,13 +329,7 @@ impl Outcomes {
             (&mut self.false_alarms, &o.false_alarms),
             (&mut self.flagged_untampered, &o.flagged_untampered),
         ] {
-            a.hits += b.hits;
-            a.of += b.of;
-            a.rate = if a.of > 0 {
-                a.hits as f64 / a.of as f64
-            } else {
-                0.0
-            };
+            a.add_counts(b.hits, b.of);
         }
     }
 }
@@ -557,14 +537,8 @@ pub fn run_families(a: &FamilyArgs, th: &Thresholds) -> FamilyReport {
     for c in &combos {
         pooled_u.add_from(&c.uncalibrated);
         pooled_c.add_from(&c.calibrated);
-        pooled_i.hits += c.inconclusive.hits;
-        pooled_i.of += c.inconclusive.of;
+        pooled_i.add_counts(c.inconclusive.hits, c.inconclusive.of);
     }
-    pooled_i.rate = if pooled_i.of > 0 {
-        pooled_i.hits as f64 / pooled_i.of as f64
-    } else {
-        0.0
-    };
     FamilyReport {
         protocol: "entry family i, exit family i+1 (cyclic); each pair of scanners calibrated only on its own clean pairs from seeds disjoint from its test pairs; no family was used to set the check's constants",
         families: a.families.iter().map(|f| f.to_string()).collect(),

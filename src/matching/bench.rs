@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::{cli, BackendChoice, CheckParams, EmbeddingModel, LibraryIndex, MatchError, Matcher};
+use crate::bench::Rate;
 use crate::imaging::Gray16;
 use crate::scan::verdict::{ManifestStatus, Outcome};
 use crate::sim::{
@@ -608,22 +609,6 @@ pub struct Pooled {
     pub empty_true_false_alarms: Rate,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct Rate {
-    pub hits: usize,
-    pub of: usize,
-    pub rate: f64,
-}
-
-impl Rate {
-    fn add(&mut self, share: Option<f64>, of: usize) {
-        let hits = (share.unwrap_or(0.0) * of as f64).round() as usize;
-        self.hits += hits;
-        self.of += of;
-        self.rate = rate(self.hits, self.of);
-    }
-}
-
 /// Each family in turn is the test scanner; the library is built from the other families'
 /// scans (references spread over them in turn) at the same seeds as every other fold, so
 /// the folds differ only in which scanners took the pictures.
@@ -688,7 +673,8 @@ pub async fn run_families(
                 e.empty_true_n,
             ),
         ] {
-            sum.add(share, of);
+            // Each fold reports a share of a count it also reports: back to hits.
+            sum.add_counts((share.unwrap_or(0.0) * of as f64).round() as usize, of);
         }
         folds.push(FoldReport {
             test_family: held_out.to_string(),
