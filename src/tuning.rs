@@ -243,7 +243,9 @@ impl Tuning {
             return Ok(serde_json::json!({ "in_force": self.transit.calibration().to_value() }));
         }
         // From the file, not from what is in force: `calibrate transit` may have written it
-        // since the start, and a push must not undo the engineer's commissioning.
+        // since the start, and a push must not undo the engineer's commissioning (nor a
+        // supervisor's refinement running beside it: the file lock).
+        let _file = self.transit.lock_calibration_file().await;
         let dir = self.data_dir.clone();
         let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
             .await

@@ -465,6 +465,94 @@ async fn a_calibrated_scanner_pair_flags_a_tampered_pair_clears_a_clean_one_and_
     let v = wait_transit(&node, &good.exit.scan_id, None).await["verdict"].clone();
     assert_eq!(v["transit"]["status"], "unchanged", "{v}");
     assert!(!v["reasons"].to_string().contains("not calibrated"), "{v}");
+
+    // Clearing the clean exit: an operator's clearance leaves the calibration alone; a
+    // supervisor's (here the admin's) refines it, once, with an audit line each time.
+    let file = data.join("transit-calibration.json");
+    let read_cal =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+    let store = node.node.as_ref().unwrap().store.clone();
+    use riac_node::web::accounts;
+    accounts::create_user(
+        &store,
+        "cli",
+        "olga",
+        riac_node::store::users::Role::Operator,
+        "operator-password-1",
+    )
+    .await
+    .unwrap();
+    let olga = accounts::create_token(&store, "cli", "olga", "tests", None)
+        .await
+        .unwrap()
+        .token;
+    let decide = |token: Option<&str>| {
+        let mut r = node
+            .client
+            .post(format!(
+                "{}/api/v1/scans/{}/decisions",
+                node.base, good.exit.scan_id
+            ))
+            .json(
+                &serde_json::json!({"choice": "clear", "note": "seal intact, goods as declared"}),
+            );
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let r = decide(Some(&olga)).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert!(
+        read_cal()["pairs"][0].get("cleared").is_none(),
+        "{}",
+        read_cal()
+    );
+    let r = decide(None).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let c = read_cal()["pairs"][0].clone();
+    assert_eq!(
+        c["cleared"][0]["exit_scan_id"],
+        good.exit.scan_id.as_str(),
+        "{c}"
+    );
+    assert_eq!(c["cleared"][0]["by"], TEST_ADMIN, "{c}");
+    assert_eq!(c["refined"]["day_start_refer_od_m2"], refer, "{c}");
+    let moved = c["refer_od_m2"].as_f64().unwrap();
+    assert!((moved - refer).abs() <= 0.1 * refer + 1e-5, "{c}");
+    // The same exit cleared again is not counted twice; the audit says so.
+    let r = decide(None).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(
+        read_cal()["pairs"][0]["cleared"].as_array().unwrap().len(),
+        1
+    );
+    let sid = good.exit.scan_id.clone();
+    let audit = store
+        .read(move |c| riac_node::store::audit::for_subject(c, &sid))
+        .await
+        .unwrap();
+    let refined: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "transit-calibration.refined")
+        .collect();
+    assert_eq!(refined.len(), 2, "{audit:?}");
+    assert_eq!(refined[0].actor, TEST_ADMIN);
+    assert_eq!(refined[0].detail["used"], true, "{:?}", refined[0]);
+    assert_eq!(refined[1].detail["used"], false, "{:?}", refined[1]);
+    assert!(
+        refined[1].detail["reason"]
+            .to_string()
+            .contains("already counted"),
+        "{:?}",
+        refined[1]
+    );
+    // In force at once: the status API lists the refined limit.
+    let (_, status) = node.get_json("/api/v1/status").await;
+    let listed = &status["transit_calibration"][0];
+    assert_eq!(listed["refer_od_m2"].as_f64(), Some(moved), "{status}");
+    assert_eq!(listed["cleared_pairs"], 1, "{status}");
+
     // A scanner pair that was not calibrated says so in its verdict.
     let other = pairs_of(&mut pair_sim(43, 0.0), ("KHI-P2", "TKM-P3"), 1).remove(0);
     node.post_stored(&other.entry).await;

@@ -40,6 +40,15 @@ const ALERT_FAR_FACTOR: f64 = 0.1;
 /// whose optical depth changed by 0.08, about 3 mm of steel or 30 cm of textiles. Below
 /// it the detector's own noise decides, whatever a quiet calibration set suggests.
 pub const EVIDENCE_FLOOR_OD_M2: f64 = 0.02;
+/// Supervisor-cleared pairs kept per scanner pair ([`refine`]); beyond it the oldest go, so
+/// that the null follows the scanners as they age rather than freezing on old evidence.
+pub const MAX_CLEARED: usize = 300;
+/// How far a day's refinements may move either limit from where it stood when the day
+/// began: a run of clearances (or one supervisor's habit) shifts the false-alarm rate
+/// slowly, in steps the audit trail and the status page show, never at one stroke.
+pub const MAX_DAILY_CHANGE: f64 = 0.10;
+const DAY_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
 /// Confidence of the upper bound on the limit.
 const CONFIDENCE: f64 = 0.9;
 /// Smallest log-normal spread fitted: a handful of similar values does not prove a narrow
@@ -113,6 +122,37 @@ pub struct PairCalibration {
     pub calibrated_at: String,
     /// Where it came from: `commissioning` (the CLI) or `centre`.
     pub source: String,
+    /// Pairs of these scanners a supervisor cleared since, used with `samples` ([`refine`]);
+    /// at most [`MAX_CLEARED`], the oldest dropped first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared: Vec<ClearedPair>,
+    /// The limits in force when the current UTC day's first refinement began, which bound
+    /// the day's change ([`MAX_DAILY_CHANGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refined: Option<RefinedDay>,
+}
+
+/// One exit scan a supervisor cleared, and its statistic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearedPair {
+    pub exit_scan_id: String,
+    pub od_m2: f64,
+    /// RFC 3339.
+    pub cleared_at: String,
+    /// The supervisor's user name.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefinedDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub day_start_refer_od_m2: f64,
+    pub day_start_alert_od_m2: f64,
+    /// RFC 3339: the last refinement.
+    pub refined_at: String,
 }
 
 impl PairCalibration {
@@ -163,6 +203,33 @@ impl PairCalibration {
             || self.samples.iter().any(|s| !s.is_finite() || *s < 0.0)
         {
             return bad("samples must hold pairs_used non-negative numbers");
+        }
+        if self.cleared.len() > MAX_CLEARED {
+            return bad(&format!("cleared holds more than {MAX_CLEARED} pairs"));
+        }
+        for (i, c) in self.cleared.iter().enumerate() {
+            if c.exit_scan_id.trim().is_empty() || c.by.trim().is_empty() {
+                return bad(&format!(
+                    "cleared[{i}] must name the exit scan and who cleared it"
+                ));
+            }
+            if !(c.od_m2.is_finite() && c.od_m2 >= 0.0) {
+                return bad(&format!(
+                    "cleared[{i}].od_m2 {} is not a non-negative number",
+                    c.od_m2
+                ));
+            }
+        }
+        if let Some(r) = &self.refined {
+            if time::Date::parse(&r.day, DAY_FORMAT).is_err() {
+                return bad(&format!("refined.day {:?} is not a YYYY-MM-DD date", r.day));
+            }
+            let ok = |v: f64| v.is_finite() && v >= EVIDENCE_FLOOR_OD_M2;
+            if !ok(r.day_start_refer_od_m2) || !ok(r.day_start_alert_od_m2) {
+                return bad(&format!(
+                    "refined.day_start_refer_od_m2 and day_start_alert_od_m2 must be numbers of at least {EVIDENCE_FLOOR_OD_M2}"
+                ));
+            }
         }
         Ok(())
     }
@@ -509,7 +576,110 @@ pub fn fit(
         samples: samples.iter().map(|&s| round(s)).collect(),
         calibrated_at: now,
         source: source.into(),
+        cleared: Vec::new(),
+        refined: None,
     })
+}
+
+/// What [`refine`] did with one clearance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refinement {
+    /// Taken: the pair's calibration with the clearance among its samples and its limits
+    /// refitted, each moved at most [`MAX_DAILY_CHANGE`] from the day's start.
+    Used(Box<PairCalibration>),
+    /// Not taken, and why (for the audit trail).
+    NotUsed(String),
+}
+
+/// Refines one scanner pair's calibration with an exit scan a supervisor cleared, whose
+/// comparison left the statistic `od_m2` ([`pair_statistic`]). Never call it for an
+/// automatic verdict or an operator's decision: only a supervisor's clearance says the pair
+/// is clean with the authority to move a limit.
+///
+/// Robust to outliers: a clearance above the alert limit is not taken (that much evidence
+/// on a clean pair is a one-off, or a change the clearance missed; either way not the
+/// scanners' null); each exit scan counts once; at most [`MAX_CLEARED`] clearances are
+/// kept; and each limit moves at most [`MAX_DAILY_CHANGE`] a day. The commissioning
+/// samples stay, so clearances add to the null and never replace it.
+pub fn refine(
+    cal: &PairCalibration,
+    exit_scan_id: &str,
+    od_m2: f64,
+    by: &str,
+    now: time::OffsetDateTime,
+) -> Refinement {
+    if !(od_m2.is_finite() && od_m2 >= 0.0) {
+        return Refinement::NotUsed(format!("the statistic {od_m2} is not a number"));
+    }
+    if cal.cleared.iter().any(|c| c.exit_scan_id == exit_scan_id) {
+        return Refinement::NotUsed(format!(
+            "exit scan {exit_scan_id} was already counted for {}",
+            cal.key()
+        ));
+    }
+    if od_m2 > cal.alert_od_m2 {
+        return Refinement::NotUsed(format!(
+            "its evidence ({od_m2:.4} OD·m²) is above the pair's alert limit ({:.4}): a clearance of that much change is not taken as what a clean pair of these scanners looks like",
+            cal.alert_od_m2
+        ));
+    }
+    let at = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut cleared = cal.cleared.clone();
+    cleared.push(ClearedPair {
+        exit_scan_id: exit_scan_id.into(),
+        od_m2,
+        cleared_at: at.clone(),
+        by: by.into(),
+    });
+    if cleared.len() > MAX_CLEARED {
+        cleared.drain(..cleared.len() - MAX_CLEARED);
+    }
+    let samples: Vec<f64> = cal
+        .samples
+        .iter()
+        .copied()
+        .chain(cleared.iter().map(|c| c.od_m2))
+        .collect();
+    let target = cal.target_false_alarm_rate;
+    let refer = bounded_limit(&samples, target);
+    let alert = bounded_limit(&samples, target * ALERT_FAR_FACTOR).max(refer);
+    let day = now.date().format(DAY_FORMAT).unwrap_or_default();
+    let (start_refer, start_alert) = match &cal.refined {
+        Some(r) if r.day == day => (r.day_start_refer_od_m2, r.day_start_alert_od_m2),
+        _ => (cal.refer_od_m2, cal.alert_od_m2),
+    };
+    let bound = |v: f64, start: f64| {
+        v.clamp(
+            start / (1.0 + MAX_DAILY_CHANGE),
+            start * (1.0 + MAX_DAILY_CHANGE),
+        )
+        .max(EVIDENCE_FLOOR_OD_M2)
+    };
+    let round = |v: f64| (v * 1e5).round() / 1e5;
+    let refer = round(bound(refer, start_refer));
+    let alert = round(bound(alert, start_alert).max(refer));
+    let model = Model::fit(&samples);
+    Refinement::Used(Box::new(PairCalibration {
+        refer_od_m2: refer,
+        alert_od_m2: alert,
+        null: NullFit {
+            share_with_candidates: round(model.share),
+            log_mean: round(model.mu),
+            log_sd: round(model.sd),
+            max_observed_od_m2: round(samples.iter().copied().fold(0.0, f64::max)),
+            expected_false_alarm_rate: (model.exceedance(refer) * 1e6).round() / 1e6,
+        },
+        cleared,
+        refined: Some(RefinedDay {
+            day,
+            day_start_refer_od_m2: start_refer,
+            day_start_alert_od_m2: start_alert,
+            refined_at: at,
+        }),
+        ..cal.clone()
+    }))
 }
 
 #[cfg(test)]
@@ -680,6 +850,160 @@ mod tests {
             assert!(e.contains(needle), "{needle}: {e}");
             assert!(e.contains(CALIBRATION_FILE), "{e}");
             assert!(e.contains("calibrate transit"), "{e}");
+        }
+    }
+
+    fn day(d: u8, h: u8) -> time::OffsetDateTime {
+        time::Date::from_calendar_date(2026, time::Month::December, d)
+            .unwrap()
+            .with_hms(h, 0, 0)
+            .unwrap()
+            .assume_utc()
+    }
+
+    fn used(r: Refinement) -> PairCalibration {
+        match r {
+            Refinement::Used(c) => *c,
+            Refinement::NotUsed(why) => panic!("not used: {why}"),
+        }
+    }
+
+    #[test]
+    fn supervisors_false_alarms_raise_the_limits_at_most_a_tenth_a_day() {
+        let cal = fit(
+            "A",
+            "B",
+            &lognormal_samples(30, 5, 0.8),
+            0,
+            0.01,
+            "commissioning",
+        )
+        .unwrap();
+        // A run of clearances just under the alert limit: the pair's null is wider than
+        // commissioning saw.
+        let high = 0.95 * cal.alert_od_m2;
+        let mut c = cal.clone();
+        for i in 0..20 {
+            c = used(refine(
+                &c,
+                &format!("X{i}"),
+                high,
+                "sam",
+                day(7, 9 + (i % 8) as u8),
+            ));
+            assert!(
+                c.refer_od_m2 <= cal.refer_od_m2 * (1.0 + MAX_DAILY_CHANGE) + 1e-5,
+                "{c:?}"
+            );
+            assert!(c.alert_od_m2 >= c.refer_od_m2);
+            c.validate().unwrap();
+        }
+        assert!(c.refer_od_m2 > cal.refer_od_m2, "{c:?}");
+        assert_eq!(c.cleared.len(), 20);
+        assert_eq!(c.samples, cal.samples, "commissioning samples are kept");
+        let r = c.refined.clone().unwrap();
+        assert_eq!(r.day, "2026-12-07");
+        assert_eq!(r.day_start_refer_od_m2, cal.refer_od_m2);
+        // The next day starts from where the last one ended and may move a tenth again.
+        let before = c.refer_od_m2;
+        let next = used(refine(&c, "Y", high, "sam", day(8, 9)));
+        assert_eq!(next.refined.as_ref().unwrap().day_start_refer_od_m2, before);
+        assert!(next.refer_od_m2 <= before * (1.0 + MAX_DAILY_CHANGE) + 1e-5);
+        assert!(next.refer_od_m2 >= before, "{next:?}");
+    }
+
+    #[test]
+    fn quiet_clearances_lower_the_limits_slowly_and_never_below_the_floor() {
+        let cal = fit(
+            "A",
+            "B",
+            &lognormal_samples(30, 6, 0.8),
+            0,
+            0.01,
+            "commissioning",
+        )
+        .unwrap();
+        let mut c = cal.clone();
+        for d in 1..=28u8 {
+            for i in 0..10 {
+                c = used(refine(&c, &format!("Q{d}-{i}"), 0.0, "sam", day(d, 10)));
+            }
+        }
+        assert!(c.refer_od_m2 < cal.refer_od_m2, "{c:?}");
+        assert!(c.refer_od_m2 >= EVIDENCE_FLOOR_OD_M2);
+        // The largest clean value seen (commissioning's) still bounds it from below.
+        let max = cal.samples.iter().copied().fold(0.0, f64::max);
+        assert!(c.refer_od_m2 >= max, "{c:?}");
+        assert_eq!(c.cleared.len(), MAX_CLEARED.min(280));
+    }
+
+    #[test]
+    fn outliers_and_repeats_are_not_used() {
+        let cal = fit(
+            "A",
+            "B",
+            &lognormal_samples(30, 7, 0.8),
+            0,
+            0.01,
+            "commissioning",
+        )
+        .unwrap();
+        match refine(&cal, "X1", cal.alert_od_m2 * 1.5, "sam", day(7, 9)) {
+            Refinement::NotUsed(why) => {
+                assert!(why.contains("above the pair's alert limit"), "{why}")
+            }
+            r => panic!("{r:?}"),
+        }
+        let c = used(refine(&cal, "X1", cal.refer_od_m2, "sam", day(7, 9)));
+        match refine(&c, "X1", cal.refer_od_m2, "sam", day(7, 10)) {
+            Refinement::NotUsed(why) => assert!(why.contains("already counted"), "{why}"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            refine(&c, "X2", f64::NAN, "sam", day(7, 11)),
+            Refinement::NotUsed(_)
+        ));
+        // Beyond MAX_CLEARED the oldest clearances go.
+        let mut c = cal;
+        for i in 0..MAX_CLEARED + 5 {
+            c = used(refine(&c, &format!("Z{i}"), 0.0, "sam", day(9, 9)));
+        }
+        assert_eq!(c.cleared.len(), MAX_CLEARED);
+        assert_eq!(c.cleared[0].exit_scan_id, "Z5");
+    }
+
+    #[test]
+    fn a_refined_calibration_round_trips_and_bad_refinements_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cal = fit(
+            "A",
+            "B",
+            &lognormal_samples(30, 8, 0.8),
+            0,
+            0.01,
+            "commissioning",
+        )
+        .unwrap();
+        let c = used(refine(&cal, "X1", cal.refer_od_m2, "sam", day(7, 9)));
+        let mut set = CalibrationSet::default();
+        set.insert(c);
+        set.save(dir.path()).unwrap();
+        assert_eq!(CalibrationSet::load(dir.path()).unwrap(), set);
+        let text = String::from_utf8(set.to_json()).unwrap();
+        for (bad, needle) in [
+            (text.replace("2026-12-07\"", "07/12/2026\""), "refined.day"),
+            (
+                text.replacen("\"od_m2\": ", "\"od_m2\": -", 1),
+                "cleared[0].od_m2",
+            ),
+            (
+                text.replace("\"by\": \"sam\"", "\"by\": \"\""),
+                "cleared[0]",
+            ),
+        ] {
+            assert_ne!(bad, text, "{needle}");
+            let e = CalibrationSet::parse(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
         }
     }
 }

@@ -40,6 +40,24 @@ pub const ALIGNED_FILE: &str = "transit-aligned.png";
 /// The RGBA heatmap of the changes (entry geometry) in the exit scan's dir.
 pub const HEATMAP_FILE: &str = "transit-heatmap.png";
 
+/// The comparison's pair statistic ([`super::calibrate::pair_statistic`]) in the exit
+/// scan's dir, kept so that a supervisor's later clearance can refine the scanner pair's
+/// calibration without comparing the images again.
+pub const STATISTIC_FILE: &str = "transit-statistic.json";
+const STATISTIC_SCHEMA: &str = "riac.transit-statistic/1";
+
+/// What [`STATISTIC_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairStatistic {
+    pub schema: String,
+    pub entry_scan_id: String,
+    pub entry_scanner: String,
+    pub exit_scanner: String,
+    /// `None`: the pair could not be compared (inconclusive).
+    pub od_m2: Option<f64>,
+}
+
 /// Entry notifications queued for the re-check task; past this the sweep catches up.
 const QUEUE: usize = 256;
 
@@ -274,6 +292,9 @@ struct Inner {
     manifest: ManifestCheck,
     /// One comparison at a time: each holds two full images and uses both cores.
     cpu: Semaphore,
+    /// Held while the calibration file is read, changed and written (the centre's push, a
+    /// supervisor's refinement), so that neither undoes the other.
+    calibration_file: tokio::sync::Mutex<()>,
     tx: mpsc::Sender<String>,
 }
 
@@ -301,6 +322,7 @@ impl Transit {
                     signer,
                     manifest,
                     cpu: Semaphore::new(1),
+                    calibration_file: tokio::sync::Mutex::new(()),
                     tx,
                 }),
             },
@@ -351,6 +373,92 @@ impl Transit {
             .calibration
             .write()
             .expect("transit calibration lock") = set;
+    }
+
+    /// Held by whoever reads, changes and writes the calibration file.
+    pub async fn lock_calibration_file(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.calibration_file.lock().await
+    }
+
+    /// A supervisor (`by`) cleared exit scan `exit_scan_id`: when its comparison left a
+    /// statistic and its scanner pair is calibrated, the calibration is refined with it
+    /// ([`super::calibrate::refine`]), saved, put in force, and the audit chain records
+    /// what was done or why not. The caller guarantees the clearance is a supervisor's;
+    /// automatic verdicts and operators' decisions never come here. Errors are logged,
+    /// never returned: the clearance itself stands either way.
+    pub async fn refine_from_clearance(&self, exit_scan_id: &str, by: &str) {
+        if let Err(e) = self.try_refine(exit_scan_id, by).await {
+            tracing::error!(exit_scan_id, error = %e, "transit calibration not refined from a supervisor's clearance");
+        }
+    }
+
+    async fn try_refine(&self, exit_scan_id: &str, by: &str) -> Result<(), String> {
+        use super::calibrate::{refine, Refinement};
+        let inner = &self.inner;
+        let sid = exit_scan_id.to_string();
+        let Some(exit) = inner
+            .store
+            .read(move |c| store::scans::get(c, &sid))
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let path = inner.data_dir.join(&exit.image_dir).join(STATISTIC_FILE);
+        let stat: PairStatistic = match tokio::fs::read(&path).await {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?,
+            // Not a compared transit exit (no entry, or from before this file existed).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let Some(od_m2) = stat.od_m2 else {
+            return Ok(());
+        };
+        let _file = self.lock_calibration_file().await;
+        let dir = inner.data_dir.clone();
+        let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(cal) = set.get(&stat.entry_scanner, &stat.exit_scanner).cloned() else {
+            tracing::info!(exit_scan_id, entry = %stat.entry_scanner, exit = %stat.exit_scanner, "supervisor's clearance of an uncalibrated scanner pair: nothing to refine");
+            return Ok(());
+        };
+        let pair = cal.key();
+        let now = time::OffsetDateTime::now_utc();
+        let detail = match refine(&cal, exit_scan_id, od_m2, by, now) {
+            Refinement::Used(new) => {
+                let detail = serde_json::json!({
+                    "pair": pair,
+                    "od_m2": od_m2,
+                    "used": true,
+                    "refer_od_m2": {"before": cal.refer_od_m2, "after": new.refer_od_m2},
+                    "alert_od_m2": {"before": cal.alert_od_m2, "after": new.alert_od_m2},
+                    "cleared_pairs": new.cleared.len(),
+                });
+                set.insert(*new);
+                let (dir, to_save) = (inner.data_dir.clone(), set.clone());
+                tokio::task::spawn_blocking(move || to_save.save(&dir))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                self.set_calibration(set);
+                detail
+            }
+            Refinement::NotUsed(why) => serde_json::json!({
+                "pair": pair, "od_m2": od_m2, "used": false, "reason": why,
+            }),
+        };
+        tracing::info!(exit_scan_id, by, %detail, "supervisor's clearance considered for the transit calibration");
+        let (by, sid) = (by.to_string(), exit_scan_id.to_string());
+        inner
+            .store
+            .write(move |t| {
+                store::audit::append(t, &by, "transit-calibration.refined", Some(&sid), detail)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The scanner-pair calibration in force.
@@ -417,6 +525,13 @@ impl Transit {
         inner.metrics.count_transit_calibration(calibrated);
         let pair = super::calibrate::pair_key(&entry_scanner, &exit.scanner_id);
         let th_decide = th.clone();
+        let stat = PairStatistic {
+            schema: STATISTIC_SCHEMA.into(),
+            entry_scan_id: entry_id.clone(),
+            entry_scanner: entry_scanner.clone(),
+            exit_scanner: exit.scanner_id.clone(),
+            od_m2: None,
+        };
         let Ok(_permit) = inner.cpu.acquire().await else {
             return inconclusive(&entry_id, "the node is shutting down".into());
         };
@@ -438,6 +553,12 @@ impl Transit {
                 &th,
                 true,
             );
+            let stat = PairStatistic {
+                od_m2: super::calibrate::pair_statistic(&c, &th),
+                ..stat
+            };
+            let stat = serde_json::to_vec_pretty(&stat).expect("statistic serialises");
+            write_atomic(&exit_dir, STATISTIC_FILE, &stat)?;
             if let Some(o) = c.outputs.take() {
                 let aligned = imaging::encode_png16(&o.aligned)
                     .map_err(|e| RunError::Encode(ALIGNED_FILE, e.to_string()))?;

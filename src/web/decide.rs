@@ -13,7 +13,9 @@
 //! decision); overriding another person's decision needs a supervisor or admin. A decision
 //! names the verdict the operator saw; if another decision landed in between, it is refused
 //! (409) rather than silently stacked on top. Evidence (manifest, transit, model) is carried
-//! over from the verdict it supersedes: the operator decides, the measurements stay.
+//! over from the verdict it supersedes: the operator decides, the measurements stay. A
+//! supervisor's (or admin's) `clear` of a compared transit exit also refines that scanner
+//! pair's calibration ([`crate::compare::transit::Transit::refine_from_clearance`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -214,6 +216,13 @@ pub async fn record(
             tracing::info!(scan_id, user = %me.username, outcome = v.outcome.as_str(), seq = v.seq, "operator decision stored");
             st.metrics.verdict();
             st.uplink.outbox_changed();
+            // A supervisor's clearance of a compared transit exit says the pair is clean
+            // with the authority to refine that scanner pair's calibration.
+            if choice == Choice::Clear && me.role >= Role::Supervisor {
+                if let (Some(t), Some(_)) = (&st.transit, &v.transit) {
+                    t.refine_from_clearance(scan_id, &me.username).await;
+                }
+            }
             Ok(v)
         }
         Err(Refusal::NotDecided) => Err(AppError::Conflict(format!(

@@ -97,7 +97,9 @@ async fn collect(st: &AppState) -> Result<Value, AppError> {
                     "alert_od_m2": p.alert_od_m2,
                     "target_false_alarm_rate": p.target_false_alarm_rate,
                     "pairs_used": p.pairs_used,
+                    "cleared_pairs": p.cleared.len(),
                     "calibrated_at": p.calibrated_at,
+                    "refined_at": p.refined.as_ref().map(|r| &r.refined_at),
                     "source": p.source,
                 })
             })
@@ -250,14 +252,15 @@ pub async fn page(
                     p.warn { "No scanner pair is calibrated: every transit verdict uses the uncalibrated default thresholds, whose false-alarm rate on your scanners is unknown. See docs/COMMISSIONING.md (riac-node calibrate transit), or the centre may push one." }
                 } @else {
                     table {
-                        thead { tr { th { "Entry → exit scanner" } th { "Refer at (OD·m²)" } th { "Alert at (OD·m²)" } th { "Target false alarms" } th { "Clean pairs" } th { "Calibrated (UTC)" } th { "By" } } }
+                        thead { tr { th { "Entry → exit scanner" } th { "Refer at (OD·m²)" } th { "Alert at (OD·m²)" } th { "Target false alarms" } th { "Clean pairs (+ cleared by supervisors)" } th { "Calibrated (UTC)" } th { "Last refined (UTC)" } th { "By" } } }
                         tbody { @for p in pairs { tr {
                             td.mono { (p["pair"].as_str().unwrap_or("")) }
                             td { (format!("{:.3}", p["refer_od_m2"].as_f64().unwrap_or(0.0))) }
                             td { (format!("{:.3}", p["alert_od_m2"].as_f64().unwrap_or(0.0))) }
                             td { (format!("{:.1}%", 100.0 * p["target_false_alarm_rate"].as_f64().unwrap_or(0.0))) }
-                            td { (p["pairs_used"].as_u64().unwrap_or(0)) }
+                            td { (p["pairs_used"].as_u64().unwrap_or(0)) " + " (p["cleared_pairs"].as_u64().unwrap_or(0)) }
                             td { (when(p["calibrated_at"].as_str().unwrap_or(""))) }
+                            td { (p["refined_at"].as_str().map(when).unwrap_or_default()) }
                             td { (p["source"].as_str().unwrap_or("")) }
                         } } }
                     }
