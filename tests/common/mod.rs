@@ -133,12 +133,17 @@ impl TestNode {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}{path}", self.base);
+        // Once more on a connection the server had just closed: after refusing an upload
+        // before reading its body, the server closes that connection, and the client's
+        // pool may hand it out again before it notices.
+        let r = match self.client.get(&url).send().await {
+            Err(e) if !e.is_timeout() => {
+                eprintln!("GET {url}: {e}; once more on a new connection");
+                self.client.get(&url).send().await.unwrap()
+            }
+            r => r.unwrap(),
+        };
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
