@@ -23,6 +23,8 @@ const ROOF_GAP_MM: f64 = 150.0;
 const CAB_MARGIN_MM: f64 = 1500.0;
 /// A tractor's cab reaches at least this high above the lowest part of the vehicle (mm).
 const CAB_MIN_HEIGHT_MM: f64 = 2500.0;
+/// Air or low things (a fifth wheel, a drawbar) between a cab and the load (mm).
+const CAB_GAP_MM: f64 = 300.0;
 
 /// One load carrier, in analysis pixels: columns `c0..c1`, roof and floor rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,9 +68,21 @@ pub struct Layout {
     pub spans: Vec<Span>,
     /// `Some(true)` when the tractor is clearly at the left end, `Some(false)` at the right.
     pub cab_left: Option<bool>,
+    /// Each column's top row (the first of two rows holding something; the height when
+    /// the column is air).
+    top: Vec<usize>,
 }
 
 impl Layout {
+    /// How high the tallest thing over columns `a..b` reaches above row `base` (mm,
+    /// vertical pixel size `mm_v`); 0 when nothing there reaches above it.
+    pub fn standing_mm(&self, a: usize, b: usize, base: f32, mm_v: f64) -> f64 {
+        self.top
+            .get(a..b.min(self.top.len()))
+            .and_then(|t| t.iter().min())
+            .map_or(0.0, |&t| (f64::from(base) - t as f64).max(0.0) * mm_v)
+    }
+
     /// The union of the carriers' columns.
     pub fn load_cols(&self) -> (usize, usize) {
         (
@@ -181,17 +195,19 @@ pub fn find(att: &Plane, mm: [f64; 2]) -> Result<Layout, LayoutError> {
         });
     }
     let (c0, c1) = (spans[0].c0, spans[spans.len() - 1].c1);
+    let mut layout = Layout {
+        v0,
+        v1,
+        spans,
+        cab_left: None,
+        top,
+    };
     // The tractor is the tall thing beyond one end of the load (a cab stands ~3-4 m high;
     // a bare chassis or a trailer's tail ~1.5 m); failing that, the longer end.
-    let gap = (300.0 / mm[0]).round() as usize;
-    let tallest = |a: usize, b: usize| -> f64 {
-        (a..b)
-            .map(|x| top[x])
-            .min()
-            .map_or(0.0, |t| (lowest as f64 - t as f64) * mm[1])
-    };
-    let left_h = tallest(v0, c0.saturating_sub(gap).max(v0));
-    let right_h = tallest((c1 + gap).min(v1), v1);
+    let gap = (CAB_GAP_MM / mm[0]).round() as usize;
+    let base = lowest as f32;
+    let left_h = layout.standing_mm(v0, c0.saturating_sub(gap).max(v0), base, mm[1]);
+    let right_h = layout.standing_mm((c1 + gap).min(v1), v1, base, mm[1]);
     let left_mm = (c0 - v0) as f64 * mm[0];
     let right_mm = (v1 - c1) as f64 * mm[0];
     let cab_left = if left_h >= CAB_MIN_HEIGHT_MM && right_h < CAB_MIN_HEIGHT_MM - 500.0 {
@@ -205,12 +221,8 @@ pub fn find(att: &Plane, mm: [f64; 2]) -> Result<Layout, LayoutError> {
     } else {
         None
     };
-    Ok(Layout {
-        v0,
-        v1,
-        spans,
-        cab_left,
-    })
+    layout.cab_left = cab_left;
+    Ok(layout)
 }
 
 /// Maximal runs `[a, z)` of indices whose value satisfies `pred`.
