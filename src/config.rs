@@ -108,6 +108,7 @@ pub struct RawIngest {
     pub missing_image_timeout_secs: Option<u64>,
     pub rescan_secs: Option<u64>,
     pub workers: Option<u32>,
+    pub read_budget_mb: Option<u32>,
     pub queue_depth: Option<u32>,
     pub max_clock_skew_secs: Option<u64>,
     pub max_scan_age_days: Option<u64>,
@@ -309,6 +310,8 @@ pub struct IngestConfig {
     pub missing_image_timeout: Duration,
     pub rescan: Duration,
     pub workers: usize,
+    /// MiB of drop files read into memory and not yet stored (hot folder).
+    pub read_budget_mib: u32,
     pub queue_depth: usize,
 }
 
@@ -733,6 +736,7 @@ impl Config {
             )?),
             rescan: Duration::from_secs(ranged("ingest.rescan_secs", i.rescan_secs, 10, 1, 3600)?),
             workers,
+            read_budget_mib: ranged("ingest.read_budget_mb", i.read_budget_mb, 64, 8, 65_536)?,
             queue_depth: ranged("ingest.queue_depth", i.queue_depth, 16, 1, 10_000)? as usize,
         };
 

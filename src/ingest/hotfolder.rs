@@ -308,6 +308,14 @@ impl TaskCtx {
         let image_path = self.dir.join(&meta.image.file);
         let low_path = meta.low_energy_file().map(|n| self.dir.join(n));
         let id = meta.scan_id.clone();
+        // Room in the read budget before the files are read: a burst of drops waits here,
+        // on disk, instead of in memory in front of the decoders. Held until the drop is
+        // stored or refused.
+        let size = |p: &Path| fs::symlink_metadata(p).map_or(0, |m| m.len());
+        let bytes = size(&image_path) + low_path.as_deref().map_or(0, size);
+        let Ok(_reserved) = self.ingestor.reserve_read(bytes).await else {
+            return Some(RETRY_AFTER_NODE_ERROR);
+        };
 
         let read = |p: &Path, field: &str| -> Result<Option<Vec<u8>>, Rejection> {
             let md = match fs::symlink_metadata(p) {

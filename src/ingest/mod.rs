@@ -162,6 +162,9 @@ struct Inner {
     pipeline: mpsc::Sender<String>,
     /// Bounds the decodes running at once (each holds a full image in memory).
     cpu: Arc<Semaphore>,
+    /// Drop files read into memory and not yet stored, in MiB ([`Ingestor::reserve_read`]).
+    read_budget: Arc<Semaphore>,
+    read_budget_mib: u32,
     in_flight: Mutex<HashSet<String>>,
     /// Refuses new scans while free space is below the floor (see `retention`).
     disk: crate::retention::DiskGuard,
@@ -196,6 +199,8 @@ impl Ingestor {
                 metrics,
                 pipeline,
                 cpu: Arc::new(Semaphore::new(cfg.ingest.workers)),
+                read_budget: Arc::new(Semaphore::new(cfg.ingest.read_budget_mib as usize)),
+                read_budget_mib: cfg.ingest.read_budget_mib,
                 in_flight: Mutex::new(HashSet::new()),
                 disk: crate::retention::DiskGuard::new(&cfg.data_dir, cfg.retention.min_free_bytes),
             }),
@@ -208,6 +213,26 @@ impl Ingestor {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Reserves room for reading a drop whose files hold `bytes` into memory
+    /// (`ingest.read_budget_mb`); waits while the budget is taken by drops read and not
+    /// yet stored. A drop larger than the whole budget takes all of it, so it waits until
+    /// it is alone rather than never. Counts by bytes, not by drops: one 200 MB scan and
+    /// forty 5 MB ones weigh what they weigh.
+    pub async fn reserve_read(
+        &self,
+        bytes: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+        let mib = bytes
+            .div_ceil(1 << 20)
+            .clamp(1, u64::from(self.inner.read_budget_mib)) as u32;
+        self.inner
+            .read_budget
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .map_err(|_| IngestError::ShuttingDown)
     }
 
     /// The free-space gate this ingestor checks before storing a scan.
@@ -635,6 +660,46 @@ pub fn sweep_temp_dirs(data_dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_read_budget_counts_bytes_and_lets_a_drop_bigger_than_it_through_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::defaults(&crate::config::Overrides {
+            data_dir: Some(d.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        cfg.ingest.read_budget_mib = 8;
+        let store = Store::open(&cfg.db_path()).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let ing = Ingestor::new(&cfg, store, Metrics::new(), tx);
+        let quick = std::time::Duration::from_millis(100);
+        // Three drops of 3 MiB take 9 > 8: the third waits until one is stored.
+        let a = ing.reserve_read(3 << 20).await.unwrap();
+        let b = ing.reserve_read(3 << 20).await.unwrap();
+        assert!(tokio::time::timeout(quick, ing.reserve_read(3 << 20))
+            .await
+            .is_err());
+        drop(a);
+        let c = tokio::time::timeout(quick, ing.reserve_read(3 << 20))
+            .await
+            .expect("room after one was stored")
+            .unwrap();
+        // A 100 MiB drop takes the whole budget: it waits for the others, then goes alone.
+        let big = ing.reserve_read(100 << 20);
+        tokio::pin!(big);
+        assert!(tokio::time::timeout(quick, &mut big).await.is_err());
+        drop((b, c));
+        let big = tokio::time::timeout(quick, big)
+            .await
+            .expect("alone, it goes")
+            .unwrap();
+        assert!(tokio::time::timeout(quick, ing.reserve_read(1))
+            .await
+            .is_err());
+        drop(big);
+        let _all_free = ing.reserve_read(8 << 20).await.unwrap();
+    }
 
     #[test]
     fn atomic_dir_replaces_leftovers_and_leaves_no_temp() {
