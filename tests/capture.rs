@@ -179,6 +179,48 @@ async fn a_drop_still_being_written_is_not_taken() {
     assert_eq!(one["scan"]["width"], d.image.width());
 }
 
+/// A drop whose files say they are whole (renamed in, or closed after writing) is taken
+/// without the settle wait; one still being written waits for it, whatever the sidecar did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_that_arrives_whole_skips_the_settle_wait_and_one_being_written_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    // Far longer than the test waits: only the events can make these drops quick.
+    cfg.ingest.settle = Duration::from_secs(60);
+    let node = TestNode::start_with(cfg).await;
+    let mut s = sim(17);
+    // The contract's way: image, then the sidecar by rename.
+    let d = s.next_drop();
+    d.write_to(&node.hot).unwrap();
+    node.wait_counts((1, 1, 1), Duration::from_secs(15)).await;
+
+    // The sidecar renamed in while the image is still open and half written.
+    let d = s.next_drop();
+    let image = d.encode_image();
+    let img_path = node.hot.join(&d.image_file);
+    let mut f = std::fs::File::create(&img_path).unwrap();
+    {
+        use std::io::Write;
+        f.write_all(&image[..image.len() / 2]).unwrap();
+        f.flush().unwrap();
+    }
+    let tmp = node.hot.join(format!(".{}.json.tmp", d.scan_id));
+    std::fs::write(&tmp, serde_json::to_vec(&d.sidecar).unwrap()).unwrap();
+    std::fs::rename(&tmp, node.hot.join(format!("{}.json", d.scan_id))).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(node.counts().await.0, 1, "a half-written image was taken");
+    assert!(files_in(&node.hot.join("rejected")).is_empty());
+    {
+        use std::io::Write;
+        f.write_all(&image[image.len() / 2..]).unwrap();
+    }
+    // Closed after writing: now whole, taken at once.
+    drop(f);
+    node.wait_counts((2, 2, 2), Duration::from_secs(15)).await;
+    let (_, one) = node.get_json(&format!("/api/v1/scans/{}", d.scan_id)).await;
+    assert_eq!(one["scan"]["width"], d.image.width());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_exit_verdict_carries_the_transit_check() {
     let dir = tempfile::tempdir().unwrap();

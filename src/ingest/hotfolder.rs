@@ -5,11 +5,15 @@
 //! A drop is taken only when it is complete: the sidecar (written last, by contract) and
 //! the image must both be unchanged for `ingest.settle_ms` (size and mtime seen twice), so
 //! a scanner still writing, or a contract-breaking one that writes the sidecar first, is
-//! never read half-written. inotify events make intake quick; a periodic rescan catches
-//! what events miss (network shares, overflowed queues) and what arrived while the node was
-//! down. This task never decodes images itself.
+//! never read half-written. Where the files say themselves that they are complete, no
+//! settle wait is needed: a file renamed into the folder (inotify `moved_to`) or closed
+//! after writing (`close_write`) is whole, so a drop whose sidecar and image both did so
+//! is taken at the next tick; the settle wait stays for what events do not show (network
+//! shares, drops found by a rescan or at start). A periodic rescan catches what events miss
+//! (network shares, overflowed queues) and what arrived while the node was down. This task
+//! never decodes images itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,7 +70,29 @@ pub struct HotFolder {
 }
 
 const TICK: Duration = Duration::from_millis(200);
+/// Files remembered as whole at most; beyond it new ones wait the settle time instead.
+const MAX_WHOLE: usize = 10_000;
 const RETRY_AFTER_NODE_ERROR: Duration = Duration::from_secs(30);
+
+/// What a watcher event says about its file: `Some(true)` whole (renamed into the folder,
+/// the `to` side being the last path of a two-path rename event, or closed after
+/// writing), `Some(false)` changing (created, written, renamed away, removed), `None`
+/// nothing about its content (reads, attributes).
+fn is_whole(kind: &notify::EventKind, last_path: bool) -> Option<bool> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    use notify::EventKind;
+    match kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(true),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => Some(last_path),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Name(_)) => {
+            Some(false)
+        }
+        _ => None,
+    }
+}
 
 impl HotFolder {
     pub fn new(cfg: &Config, ingestor: Ingestor) -> Result<Self, HotFolderError> {
@@ -94,12 +120,13 @@ impl HotFolder {
         token: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<(), HotFolderError> {
-        let (ev_tx, mut ev_rx) = mpsc::channel::<PathBuf>(1024);
+        let (ev_tx, mut ev_rx) = mpsc::channel::<(PathBuf, Option<bool>)>(1024);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
-                for p in ev.paths {
+                let last = ev.paths.len().saturating_sub(1);
+                for (i, p) in ev.paths.into_iter().enumerate() {
                     // A full queue only delays intake until the next rescan.
-                    let _ = ev_tx.try_send(p);
+                    let _ = ev_tx.try_send((p, is_whole(&ev.kind, i == last)));
                 }
             }
         })
@@ -117,6 +144,8 @@ impl HotFolder {
 
         let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
         let mut pending: HashMap<PathBuf, Candidate> = HashMap::new();
+        // Files the watcher saw arrive whole (renamed in, or closed after writing).
+        let mut whole: HashSet<PathBuf> = HashSet::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut rescan = tokio::time::interval(self.rescan);
@@ -125,7 +154,15 @@ impl HotFolder {
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
-                Some(p) = ev_rx.recv() => self.consider(&mut pending, p),
+                Some((p, is_whole)) = ev_rx.recv() => {
+                    match is_whole {
+                        Some(true) if whole.len() < MAX_WHOLE => { whole.insert(p.clone()); }
+                        // Created, written or moved away since: no longer known to be whole.
+                        Some(false) => { whole.remove(&p); }
+                        _ => {}
+                    }
+                    self.consider(&mut pending, p);
+                }
                 Some(done) = done_rx.recv() => {
                     match done.retry_after {
                         Some(d) => if let Some(c) = pending.get_mut(&done.sidecar) {
@@ -137,12 +174,13 @@ impl HotFolder {
                     }
                 }
                 _ = rescan.tick() => {
+                    whole.retain(|p| p.exists());
                     match fs::read_dir(&self.dir) {
                         Ok(entries) => for e in entries.flatten() { self.consider(&mut pending, e.path()) },
                         Err(e) => tracing::error!(dir = %self.dir.display(), error = %e, "cannot list the hot folder"),
                     }
                 }
-                _ = tick.tick() => self.evaluate(&mut pending, &done_tx, &token, &tracker).await,
+                _ = tick.tick() => self.evaluate(&mut pending, &whole, &done_tx, &token, &tracker).await,
             }
         }
         drop(watcher);
@@ -171,6 +209,7 @@ impl HotFolder {
     async fn evaluate(
         &self,
         pending: &mut HashMap<PathBuf, Candidate>,
+        whole: &HashSet<PathBuf>,
         done_tx: &mpsc::Sender<Done>,
         token: &CancellationToken,
         tracker: &TaskTracker,
@@ -181,7 +220,7 @@ impl HotFolder {
             if cand.in_flight || cand.not_before > now || token.is_cancelled() {
                 continue;
             }
-            match self.check_ready(path, cand) {
+            match self.check_ready(path, cand, whole) {
                 Readiness::Gone => gone.push(path.clone()),
                 Readiness::Wait => {}
                 Readiness::Ready(job) => {
@@ -216,12 +255,18 @@ impl HotFolder {
     }
 
     /// Decides whether the drop named by `sidecar` is complete. Cheap: stats and one small read.
-    fn check_ready(&self, sidecar: &Path, cand: &mut Candidate) -> Readiness {
+    fn check_ready(
+        &self,
+        sidecar: &Path,
+        cand: &mut Candidate,
+        whole: &HashSet<PathBuf>,
+    ) -> Readiness {
         let Some(s_sig) = sig(sidecar) else {
             return Readiness::Gone;
         };
         let settled = |s: &Sig| s.1.elapsed().map(|age| age >= self.settle).unwrap_or(true);
-        if !settled(&s_sig) {
+        let sidecar_whole = whole.contains(sidecar);
+        if !sidecar_whole && !settled(&s_sig) {
             cand.last_sig = None;
             return Readiness::Wait;
         }
@@ -251,8 +296,15 @@ impl HotFolder {
                 return Readiness::Wait;
             }
         }
+        let image_whole = image_path.as_deref().is_some_and(|p| whole.contains(p));
+        if sidecar_whole && image_whole {
+            // Both arrived whole: nothing to wait for.
+            return Readiness::Ready(Job {
+                sidecar_bytes: bytes,
+            });
+        }
         if let Some(i) = &i_sig {
-            if !settled(i) {
+            if !image_whole && !settled(i) {
                 cand.last_sig = None;
                 return Readiness::Wait;
             }
