@@ -132,6 +132,21 @@ pub struct PairCalibration {
     pub refined: Option<RefinedDay>,
 }
 
+impl NullFit {
+    /// The fit over `samples`, with its false-alarm rate at the refer limit `refer`.
+    fn of(samples: &[f64], refer: f64) -> NullFit {
+        let model = Model::fit(samples);
+        let round = |v: f64| (v * 1e5).round() / 1e5;
+        NullFit {
+            share_with_candidates: round(model.share),
+            log_mean: round(model.mu),
+            log_sd: round(model.sd),
+            max_observed_od_m2: round(samples.iter().copied().fold(0.0, f64::max)),
+            expected_false_alarm_rate: (model.exceedance(refer) * 1e6).round() / 1e6,
+        }
+    }
+}
+
 /// One exit scan a supervisor cleared, and its statistic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -553,7 +568,6 @@ pub fn fit(
     }
     let refer = bounded_limit(samples, target_far);
     let alert = bounded_limit(samples, target_far * ALERT_FAR_FACTOR).max(refer);
-    let model = Model::fit(samples);
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -566,13 +580,7 @@ pub fn fit(
         alert_od_m2: round(alert),
         pairs_used: samples.len(),
         pairs_inconclusive,
-        null: NullFit {
-            share_with_candidates: round(model.share),
-            log_mean: round(model.mu),
-            log_sd: round(model.sd),
-            max_observed_od_m2: round(samples.iter().copied().fold(0.0, f64::max)),
-            expected_false_alarm_rate: (model.exceedance(refer) * 1e6).round() / 1e6,
-        },
+        null: NullFit::of(samples, refer),
         samples: samples.iter().map(|&s| round(s)).collect(),
         calibrated_at: now,
         source: source.into(),
@@ -660,17 +668,10 @@ pub fn refine(
     let round = |v: f64| (v * 1e5).round() / 1e5;
     let refer = round(bound(refer, start_refer));
     let alert = round(bound(alert, start_alert).max(refer));
-    let model = Model::fit(&samples);
     Refinement::Used(Box::new(PairCalibration {
         refer_od_m2: refer,
         alert_od_m2: alert,
-        null: NullFit {
-            share_with_candidates: round(model.share),
-            log_mean: round(model.mu),
-            log_sd: round(model.sd),
-            max_observed_od_m2: round(samples.iter().copied().fold(0.0, f64::max)),
-            expected_false_alarm_rate: (model.exceedance(refer) * 1e6).round() / 1e6,
-        },
+        null: NullFit::of(&samples, refer),
         cleared,
         refined: Some(RefinedDay {
             day,
@@ -861,6 +862,19 @@ mod tests {
             .assume_utc()
     }
 
+    /// A pair calibrated on 30 clean pairs of the test null.
+    fn commissioned(seed: u64) -> PairCalibration {
+        fit(
+            "A",
+            "B",
+            &lognormal_samples(30, seed, 0.8),
+            0,
+            0.01,
+            "commissioning",
+        )
+        .unwrap()
+    }
+
     fn used(r: Refinement) -> PairCalibration {
         match r {
             Refinement::Used(c) => *c,
@@ -870,15 +884,7 @@ mod tests {
 
     #[test]
     fn supervisors_false_alarms_raise_the_limits_at_most_a_tenth_a_day() {
-        let cal = fit(
-            "A",
-            "B",
-            &lognormal_samples(30, 5, 0.8),
-            0,
-            0.01,
-            "commissioning",
-        )
-        .unwrap();
+        let cal = commissioned(5);
         // A run of clearances just under the alert limit: the pair's null is wider than
         // commissioning saw.
         let high = 0.95 * cal.alert_od_m2;
@@ -914,15 +920,7 @@ mod tests {
 
     #[test]
     fn quiet_clearances_lower_the_limits_slowly_and_never_below_the_floor() {
-        let cal = fit(
-            "A",
-            "B",
-            &lognormal_samples(30, 6, 0.8),
-            0,
-            0.01,
-            "commissioning",
-        )
-        .unwrap();
+        let cal = commissioned(6);
         let mut c = cal.clone();
         for d in 1..=28u8 {
             for i in 0..10 {
@@ -939,15 +937,7 @@ mod tests {
 
     #[test]
     fn outliers_and_repeats_are_not_used() {
-        let cal = fit(
-            "A",
-            "B",
-            &lognormal_samples(30, 7, 0.8),
-            0,
-            0.01,
-            "commissioning",
-        )
-        .unwrap();
+        let cal = commissioned(7);
         match refine(&cal, "X1", cal.alert_od_m2 * 1.5, "sam", day(7, 9)) {
             Refinement::NotUsed(why) => {
                 assert!(why.contains("above the pair's alert limit"), "{why}")
@@ -975,15 +965,7 @@ mod tests {
     #[test]
     fn a_refined_calibration_round_trips_and_bad_refinements_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let cal = fit(
-            "A",
-            "B",
-            &lognormal_samples(30, 8, 0.8),
-            0,
-            0.01,
-            "commissioning",
-        )
-        .unwrap();
+        let cal = commissioned(8);
         let c = used(refine(&cal, "X1", cal.refer_od_m2, "sam", day(7, 9)));
         let mut set = CalibrationSet::default();
         set.insert(c);
