@@ -203,4 +203,27 @@ async fn attenuation_images_are_stored_in_transmission_polarity() {
         .unwrap()
         .into_luma16();
     assert_eq!(stored.as_raw(), d.image.as_raw());
+
+    // A 16-bit grayscale transmission PNG already is the canonical image: stored as sent.
+    let d = sim(43).next_drop();
+    let mut png = Vec::new();
+    image::DynamicImage::ImageLuma16(d.image.clone())
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let mut sc = d.sidecar.clone();
+    sc["image"]["file"] = format!("{}.png", d.scan_id).into();
+    let (s, b) = node
+        .post_drop(&serde_json::to_vec(&sc).unwrap(), Some(png.clone()))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let r = node
+        .client
+        .get(format!(
+            "{}/api/v1/scans/{}/image16.png",
+            node.base, d.scan_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), png.as_slice());
 }

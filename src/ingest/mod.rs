@@ -520,16 +520,29 @@ fn prepare(
     metrics.observe_stage("decode", t0.elapsed());
 
     let (width, height, source_bits) = (decoded.width, decoded.height, decoded.source_bits);
-    let mut pixels = decoded.pixels;
-    // Canonical polarity is transmission (air bright): attenuation images are flipped here
-    // once, so nothing downstream needs to know which kind the scanner sent.
-    if meta.image.pixel_meaning == PixelMeaning::Attenuation {
-        for p in &mut pixels {
-            *p = u16::MAX - *p;
+    // A 16-bit grayscale transmission PNG already is the canonical image (the same pixels
+    // decode from it): stored as sent rather than encoded again, which was the largest
+    // share of a PNG drop's ingest time after the decode.
+    let as_sent = format == decode::SourceFormat::Png
+        && meta.image.pixel_meaning == PixelMeaning::Transmission
+        && is_png_gray16(&data.image);
+    let png: std::borrow::Cow<[u8]> = if as_sent {
+        std::borrow::Cow::Borrowed(&data.image)
+    } else {
+        let mut pixels = decoded.pixels;
+        // Canonical polarity is transmission (air bright): attenuation images are flipped
+        // here once, so nothing downstream needs to know which kind the scanner sent.
+        if meta.image.pixel_meaning == PixelMeaning::Attenuation {
+            for p in &mut pixels {
+                *p = u16::MAX - *p;
+            }
         }
-    }
-    let img = imaging::gray16(width, height, pixels).map_err(|e| reject_image(meta, "image", e))?;
-    let png = imaging::encode_png16(&img).map_err(|e| reject_image(meta, "image", e))?;
+        let img =
+            imaging::gray16(width, height, pixels).map_err(|e| reject_image(meta, "image", e))?;
+        std::borrow::Cow::Owned(
+            imaging::encode_png16(&img).map_err(|e| reject_image(meta, "image", e))?,
+        )
+    };
 
     let day = meta.scanned_at.to_offset(time::UtcOffset::UTC);
     let rel_dir = format!(
@@ -542,7 +555,7 @@ fn prepare(
     let mut files: Vec<(String, &[u8])> = vec![
         (meta.image.file.clone(), &data.image),
         ("sidecar.json".to_string(), &data.sidecar),
-        (CANONICAL_IMAGE.to_string(), &png),
+        (CANONICAL_IMAGE.to_string(), &*png),
     ];
     if let (Some(low), Some(name)) = (&data.low, meta.low_energy_file()) {
         files.push((name, low));
@@ -560,6 +573,17 @@ fn prepare(
 
 /// The canonical 16-bit transmission PNG inside each scan directory.
 pub const CANONICAL_IMAGE: &str = "image.png";
+
+/// Whether `bytes` is a PNG of 16-bit grayscale without alpha (IHDR bit depth 16, colour
+/// type 0): the canonical image's own form.
+fn is_png_gray16(bytes: &[u8]) -> bool {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    bytes.len() > 26
+        && bytes.starts_with(SIGNATURE)
+        && &bytes[12..16] == b"IHDR"
+        && bytes[24] == 16
+        && bytes[25] == 0
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
     move |source| IngestError::Io {
@@ -660,6 +684,26 @@ pub fn sweep_temp_dirs(data_dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_16_bit_grayscale_png_is_the_canonical_form() {
+        let g16 = crate::imaging::gray16(3, 2, vec![1, 2, 3, 4, 5, 65535]).unwrap();
+        assert!(is_png_gray16(&crate::imaging::encode_png16(&g16).unwrap()));
+        let g8 = image::GrayImage::from_raw(3, 2, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        assert!(!is_png_gray16(&crate::imaging::encode_png8(&g8).unwrap()));
+        let mut rgb16 = Vec::new();
+        image::DynamicImage::ImageRgb16(
+            image::ImageBuffer::from_raw(1, 1, vec![1u16, 2, 3]).unwrap(),
+        )
+        .write_to(
+            &mut std::io::Cursor::new(&mut rgb16),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        assert!(!is_png_gray16(&rgb16));
+        assert!(!is_png_gray16(b"II*\0 not a png at all, but long enough"));
+        assert!(!is_png_gray16(b""));
+    }
 
     #[tokio::test]
     async fn the_read_budget_counts_bytes_and_lets_a_drop_bigger_than_it_through_alone() {
