@@ -190,16 +190,7 @@ async fn attenuation_images_are_stored_in_transmission_polarity() {
         .post_drop(&serde_json::to_vec(&sc).unwrap(), Some(png))
         .await;
     assert_eq!(s, 201, "{b}");
-    let r = node
-        .client
-        .get(format!(
-            "{}/api/v1/scans/{}/image16.png",
-            node.base, d.scan_id
-        ))
-        .send()
-        .await
-        .unwrap();
-    let stored = image::load_from_memory(&r.bytes().await.unwrap())
+    let stored = image::load_from_memory(&stored_image16(&node, &d.scan_id).await)
         .unwrap()
         .into_luma16();
     assert_eq!(stored.as_raw(), d.image.as_raw());
@@ -216,14 +207,17 @@ async fn attenuation_images_are_stored_in_transmission_polarity() {
         .post_drop(&serde_json::to_vec(&sc).unwrap(), Some(png.clone()))
         .await;
     assert_eq!(s, 201, "{b}");
+    assert_eq!(stored_image16(&node, &d.scan_id).await, png);
+}
+
+/// The scan's canonical image as the node serves it.
+async fn stored_image16(node: &TestNode, scan_id: &str) -> Vec<u8> {
     let r = node
         .client
-        .get(format!(
-            "{}/api/v1/scans/{}/image16.png",
-            node.base, d.scan_id
-        ))
+        .get(format!("{}/api/v1/scans/{scan_id}/image16.png", node.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), png.as_slice());
+    assert!(r.status().is_success(), "{}", r.status());
+    r.bytes().await.unwrap().to_vec()
 }
