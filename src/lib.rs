@@ -8,6 +8,7 @@ pub mod compare;
 pub mod config;
 pub mod doctor;
 pub mod export;
+pub mod fsx;
 pub mod imaging;
 pub mod ingest;
 pub mod matching;

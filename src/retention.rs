@@ -995,7 +995,7 @@ fn remove_dir_under(data_dir: &Path, root: &str, rel: &Path) -> bool {
     match std::fs::remove_dir_all(&p) {
         Ok(()) => {
             if let Some(parent) = p.parent() {
-                let _ = crate::ingest::sync_dir(parent);
+                let _ = crate::fsx::sync_dir(parent);
             }
             true
         }

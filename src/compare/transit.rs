@@ -25,7 +25,7 @@ use super::calibrate::CalibrationSet;
 use super::{compare, Comparison, Input, Status, Thresholds};
 use crate::config::{Config, TransitConfig};
 use crate::imaging::{self, Gray16};
-use crate::ingest::{sync_dir, CANONICAL_IMAGE};
+use crate::ingest::CANONICAL_IMAGE;
 use crate::metrics::Metrics;
 use crate::pipeline::{auto_verdict, ManifestCheck, NodeIdentity};
 use crate::scan::verdict::{ChangedRegion, Outcome, TransitResult, TransitStatus, Verdict};
@@ -249,25 +249,14 @@ fn read_image(which: &'static str, path: &Path) -> Result<Gray16, RunError> {
     imaging::decode_png16(&bytes).map_err(|e| err(e.to_string()))
 }
 
-/// Temp file in the same directory, fsync, rename over `name`, fsync the directory.
+/// [`crate::fsx::write_file`], its error naming the file.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), RunError> {
-    use std::io::Write;
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RunError::Write { path, source }
-    };
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(werr(&tmp))?;
-        f.write_all(bytes).map_err(werr(&tmp))?;
-        f.sync_all().map_err(werr(&tmp))?;
-        std::fs::rename(&tmp, dir.join(name)).map_err(werr(&dir.join(name)))?;
-        sync_dir(dir).map_err(werr(dir))
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    crate::fsx::write_file(dir, name, bytes, None)
+        .map(|_| ())
+        .map_err(|source| RunError::Write {
+            path: dir.join(name),
+            source,
+        })
 }
 
 /// Cheap to clone; one per node.

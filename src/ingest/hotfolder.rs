@@ -511,8 +511,8 @@ impl TaskCtx {
                 .rejected
                 .join(sidecar.file_name().expect("sidecar has a name"));
             fs::rename(sidecar, to)?;
-            super::sync_dir(&self.rejected)?;
-            super::sync_dir(&self.dir)
+            crate::fsx::sync_dir(&self.rejected)?;
+            crate::fsx::sync_dir(&self.dir)
         })();
         match write {
             Ok(()) => None,
@@ -556,8 +556,8 @@ fn keep_earlier_rejection(
             fs::rename(&from, keep.join(&f))?;
         }
     }
-    super::sync_dir(&keep)?;
-    super::sync_dir(rejected)
+    crate::fsx::sync_dir(&keep)?;
+    crate::fsx::sync_dir(rejected)
 }
 
 /// Sidecar first: if we crash after it is gone, an orphan image remains (harmless); the
@@ -570,7 +570,7 @@ fn remove_drop(sidecar: &Path, dir: &Path, files: &[String]) {
             }
         }
     }
-    let _ = super::sync_dir(dir);
+    let _ = crate::fsx::sync_dir(dir);
 }
 
 /// The image files of a drop whose sidecar failed validation, so that a bad drop is moved

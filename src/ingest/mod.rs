@@ -592,10 +592,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
     }
 }
 
-/// fsync of a directory, so that a rename or a new entry in it survives a power cut.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path)?.sync_all()
-}
+use crate::fsx::sync_dir;
 
 /// Writes `files` into `final_dir` so that after a crash it either does not exist or holds
 /// every file completely: temp directory, fsync each file and the directory, rename, fsync

@@ -280,25 +280,12 @@ pub fn thumbnail_rel(reference_id: &str) -> String {
     format!("library/{reference_id}.png")
 }
 
-/// Writes `bytes` to `data_dir/rel` durably: temp file, fsync, rename, fsync the folder.
+/// Writes `bytes` to `data_dir/rel` durably ([`crate::fsx::write_file`]).
 pub fn write_file_durably(data_dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    use std::io::Write;
     let path = data_dir.join(rel);
-    let dir = path.parent().unwrap_or(data_dir).to_path_buf();
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        uuid::Uuid::new_v4()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    crate::ingest::sync_dir(&dir)?;
-    Ok(path)
+    let dir = path.parent().unwrap_or(data_dir);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    crate::fsx::write_file(dir, name, bytes, None)
 }
 
 #[cfg(test)]

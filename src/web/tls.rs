@@ -4,7 +4,6 @@
 //! handshakes off the accept loop (a slow or hostile client never stalls the others). It
 //! never falls back to plain HTTP when TLS is configured.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -179,23 +178,17 @@ fn generate_self_signed(dir: &Path, cert: &Path, key: &Path, cfg: &Config) -> Re
     // crash in between leaves a state that is repaired at the next start.
     write_durably(key, kp.serialize_pem().as_bytes(), 0o600).map_err(werr)?;
     write_durably(cert, c.pem().as_bytes(), 0o644).map_err(werr)?;
-    crate::ingest::sync_dir(dir).map_err(werr)?;
     tracing::info!(names = ?names, path = %cert.display(), "generated a self-signed TLS certificate (replace it with the site's certificate via web.tls_cert / web.tls_key)");
     Ok(())
 }
 
 fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("tls.pem");
+    crate::fsx::write_file(dir, name, bytes, Some(mode)).map(|_| ())
 }
 
 /// Handshakes that may be in progress at once, and how long one may take.
