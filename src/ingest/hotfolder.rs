@@ -369,49 +369,25 @@ impl TaskCtx {
             return Some(RETRY_AFTER_NODE_ERROR);
         };
 
-        let read = |p: &Path, field: &str| -> Result<Option<Vec<u8>>, Rejection> {
-            let md = match fs::symlink_metadata(p) {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(Rejection::new(
-                        Some(&id),
-                        field,
-                        format!("cannot read {}: {e}", p.display()),
-                    ))
-                }
-            };
-            if !md.file_type().is_file() {
-                return Err(Rejection::new(
-                    Some(&id),
-                    field,
-                    format!(
-                        "{} is not a regular file (symlinks are refused)",
-                        p.display()
-                    ),
-                ));
-            }
-            if md.len() > self.max_file_bytes {
-                return Err(Rejection::new(
-                    Some(&id),
-                    field,
-                    format!(
-                        "{} is {} bytes; ingest.max_file_mb allows {}",
-                        p.display(),
-                        md.len(),
-                        self.max_file_bytes
-                    ),
-                ));
-            }
-            fs::read(p).map(Some).map_err(|e| {
-                Rejection::new(
-                    Some(&id),
-                    field,
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })
+        // Off the runtime: a drop's files are megabytes.
+        let (ip, lp, rid, max) = (
+            image_path.clone(),
+            low_path.clone(),
+            id.clone(),
+            self.max_file_bytes,
+        );
+        let Ok((image_read, low_read)) = tokio::task::spawn_blocking(move || {
+            (
+                read_drop_file(&ip, "image.file", &rid, max),
+                lp.as_deref()
+                    .map(|p| read_drop_file(p, "image.low", &rid, max)),
+            )
+        })
+        .await
+        else {
+            return Some(RETRY_AFTER_NODE_ERROR);
         };
-        let image = match read(&image_path, "image.file") {
+        let image = match image_read {
             Ok(Some(b)) => b,
             Ok(None) => {
                 let moved = self.rejected.join(&meta.image.file);
@@ -432,7 +408,7 @@ impl TaskCtx {
             }
             Err(rej) => return self.reject(sidecar, &files, &id, rej).await,
         };
-        let low = match low_path.as_deref().map(|p| read(p, "image.low")) {
+        let low = match low_read {
             None | Some(Ok(None)) => None,
             Some(Ok(Some(b))) => Some(b),
             Some(Err(rej)) => return self.reject(sidecar, &files, &id, rej).await,
@@ -596,6 +572,46 @@ fn image_names_for_bad_sidecar(dir: &Path, stem: &str, sidecar: &[u8]) -> Vec<St
         })
         .filter(|f| dir.join(f).is_file())
         .collect()
+}
+
+/// One file of a drop, read whole: `None` when it is not there; refused when it is not a
+/// regular file (symlinks) or larger than `max` bytes, naming `field`.
+fn read_drop_file(p: &Path, field: &str, id: &str, max: u64) -> Result<Option<Vec<u8>>, Rejection> {
+    let md = match fs::symlink_metadata(p) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Rejection::new(
+                Some(id),
+                field,
+                format!("cannot read {}: {e}", p.display()),
+            ))
+        }
+    };
+    if !md.file_type().is_file() {
+        return Err(Rejection::new(
+            Some(id),
+            field,
+            format!(
+                "{} is not a regular file (symlinks are refused)",
+                p.display()
+            ),
+        ));
+    }
+    if md.len() > max {
+        return Err(Rejection::new(
+            Some(id),
+            field,
+            format!(
+                "{} is {} bytes; ingest.max_file_mb allows {max}",
+                p.display(),
+                md.len()
+            ),
+        ));
+    }
+    fs::read(p)
+        .map(Some)
+        .map_err(|e| Rejection::new(Some(id), field, format!("cannot read {}: {e}", p.display())))
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &[
