@@ -347,16 +347,18 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, Box<Respons
     }
 }
 
+/// Left as they are in a URL component: RFC 3986's unreserved characters, and `/` (the
+/// values are local paths and ids).
+const URL_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Percent-encodes `s` (UTF-8) for a URL query value or path segment.
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, URL_KEEP).to_string()
 }
 
 /// Whether `n` may be a login's destination: a local path of plain URL characters only.
@@ -773,6 +775,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConnectInfoOpt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urlencode_keeps_unreserved_and_slashes_and_encodes_the_rest_as_utf8() {
+        assert_eq!(urlencode("/scans/KHI-P1_2.x~"), "/scans/KHI-P1_2.x~");
+        assert_eq!(urlencode("a b&c=d?e#f"), "a%20b%26c%3Dd%3Fe%23f");
+        assert_eq!(urlencode("Nadia Ç"), "Nadia%20%C3%87");
+        assert_eq!(urlencode("%2F\n"), "%252F%0A");
+    }
 
     #[test]
     fn policy_denies_by_default() {
