@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::compare::calibrate::CalibrationSet;
 use crate::compare::transit::Transit;
 use crate::config::TransitConfig;
 use crate::ingest::decode::{self, DecodeLimits, SourceFormat};
@@ -242,42 +241,27 @@ impl Tuning {
         if u.set.is_empty() && u.remove.is_empty() {
             return Ok(serde_json::json!({ "in_force": self.transit.calibration().to_value() }));
         }
-        // From the file, not from what is in force: `calibrate transit` may have written it
-        // since the start, and a push must not undo the engineer's commissioning (nor a
-        // supervisor's refinement running beside it: the file lock).
-        let _file = self.transit.lock_calibration_file().await;
-        let dir = self.data_dir.clone();
-        let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
-            .await
-            .map_err(|_| "the node could not read its calibration".to_string())?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot read the transit calibration");
-                format!("the node's calibration file cannot be used ({e}); nothing was changed")
-            })?;
-        for k in &u.remove {
-            if !set.remove(k) {
-                let have: Vec<String> = set.pairs().map(|p| p.key()).collect();
-                return Err(format!(
-                    "args.remove: this node has no calibration for scanner pair {k} (it has: {}); nothing was changed",
-                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
-                ));
-            }
-        }
         let set_keys: Vec<String> = u.set.iter().map(|p| p.key()).collect();
-        for mut p in u.set {
-            p.source = "centre".into();
-            set.insert(p);
-        }
-        let (dir, to_save) = (self.data_dir.clone(), set.clone());
-        tokio::task::spawn_blocking(move || to_save.save(&dir))
+        let ((), set) = self
+            .transit
+            .update_calibration(|set| {
+                for k in &u.remove {
+                    if !set.remove(k) {
+                        let have: Vec<String> = set.pairs().map(|p| p.key()).collect();
+                        return Err(format!(
+                            "args.remove: this node has no calibration for scanner pair {k} (it has: {}); nothing was changed",
+                            if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                        ));
+                    }
+                }
+                for mut p in u.set {
+                    p.source = "centre".into();
+                    set.insert(p);
+                }
+                Ok(((), true))
+            })
             .await
-            .map_err(|_| "the node could not save the calibration".to_string())?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot save the transit calibration");
-                "the node could not save the calibration (see its log); nothing was changed"
-                    .to_string()
-            })?;
-        self.transit.set_calibration(set.clone());
+            .map_err(|e| e.to_string())?;
         let detail = serde_json::json!({"set": set_keys, "removed": u.remove});
         let subject = format!("command:{command_id}");
         if let Err(e) = self

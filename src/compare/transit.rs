@@ -58,6 +58,18 @@ pub struct PairStatistic {
     pub od_m2: Option<f64>,
 }
 
+/// Why [`Transit::update_calibration`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationUpdateError {
+    #[error("the node's calibration file cannot be used ({0}); nothing was changed")]
+    Load(String),
+    /// The change itself refused (its message names what and why).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the node could not save the calibration (see its log); nothing was changed")]
+    Save,
+}
+
 /// Entry notifications queued for the re-check task; past this the sweep catches up.
 const QUEUE: usize = 256;
 
@@ -364,9 +376,40 @@ impl Transit {
             .expect("transit calibration lock") = set;
     }
 
-    /// Held by whoever reads, changes and writes the calibration file.
-    pub async fn lock_calibration_file(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.calibration_file.lock().await
+    /// Reads the calibration file (not what is in force: `calibrate transit` may have
+    /// written it since the start, and a change must not undo the engineer's
+    /// commissioning), lets `change` edit it and, when it returns `true` with its value,
+    /// saves the set durably and puts it in force. One caller at a time (the centre's push,
+    /// a supervisor's refinement), so neither undoes the other. Returns `change`'s value
+    /// and the set in force afterwards; on any error nothing changed.
+    pub async fn update_calibration<T>(
+        &self,
+        change: impl FnOnce(&mut CalibrationSet) -> Result<(T, bool), String>,
+    ) -> Result<(T, CalibrationSet), CalibrationUpdateError> {
+        let _file = self.inner.calibration_file.lock().await;
+        let dir = self.inner.data_dir.clone();
+        let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
+            .await
+            .map_err(|e| CalibrationUpdateError::Load(e.to_string()))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the transit calibration");
+                CalibrationUpdateError::Load(e.to_string())
+            })?;
+        let (value, save) = change(&mut set).map_err(CalibrationUpdateError::Refused)?;
+        if !save {
+            return Ok((value, self.calibration()));
+        }
+        let (dir, to_save) = (self.inner.data_dir.clone(), set.clone());
+        tokio::task::spawn_blocking(move || to_save.save(&dir))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot save the transit calibration");
+                CalibrationUpdateError::Save
+            })?;
+        self.set_calibration(set.clone());
+        Ok((value, set))
     }
 
     /// A supervisor (`by`) cleared exit scan `exit_scan_id`: when its comparison left a
@@ -403,40 +446,39 @@ impl Transit {
         let Some(od_m2) = stat.od_m2 else {
             return Ok(());
         };
-        let _file = self.lock_calibration_file().await;
-        let dir = inner.data_dir.clone();
-        let mut set = tokio::task::spawn_blocking(move || CalibrationSet::load(&dir))
+        let now = time::OffsetDateTime::now_utc();
+        let (detail, _) = self
+            .update_calibration(|set| {
+                let Some(cal) = set.get(&stat.entry_scanner, &stat.exit_scanner).cloned() else {
+                    return Ok((None, false));
+                };
+                let pair = cal.key();
+                Ok(match refine(&cal, exit_scan_id, od_m2, by, now) {
+                    Refinement::Used(new) => {
+                        let detail = serde_json::json!({
+                            "pair": pair,
+                            "od_m2": od_m2,
+                            "used": true,
+                            "refer_od_m2": {"before": cal.refer_od_m2, "after": new.refer_od_m2},
+                            "alert_od_m2": {"before": cal.alert_od_m2, "after": new.alert_od_m2},
+                            "cleared_pairs": new.cleared.len(),
+                        });
+                        set.insert(*new);
+                        (Some(detail), true)
+                    }
+                    Refinement::NotUsed(why) => (
+                        Some(serde_json::json!({
+                            "pair": pair, "od_m2": od_m2, "used": false, "reason": why,
+                        })),
+                        false,
+                    ),
+                })
+            })
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let Some(cal) = set.get(&stat.entry_scanner, &stat.exit_scanner).cloned() else {
+        let Some(detail) = detail else {
             tracing::info!(exit_scan_id, entry = %stat.entry_scanner, exit = %stat.exit_scanner, "supervisor's clearance of an uncalibrated scanner pair: nothing to refine");
             return Ok(());
-        };
-        let pair = cal.key();
-        let now = time::OffsetDateTime::now_utc();
-        let detail = match refine(&cal, exit_scan_id, od_m2, by, now) {
-            Refinement::Used(new) => {
-                let detail = serde_json::json!({
-                    "pair": pair,
-                    "od_m2": od_m2,
-                    "used": true,
-                    "refer_od_m2": {"before": cal.refer_od_m2, "after": new.refer_od_m2},
-                    "alert_od_m2": {"before": cal.alert_od_m2, "after": new.alert_od_m2},
-                    "cleared_pairs": new.cleared.len(),
-                });
-                set.insert(*new);
-                let (dir, to_save) = (inner.data_dir.clone(), set.clone());
-                tokio::task::spawn_blocking(move || to_save.save(&dir))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                self.set_calibration(set);
-                detail
-            }
-            Refinement::NotUsed(why) => serde_json::json!({
-                "pair": pair, "od_m2": od_m2, "used": false, "reason": why,
-            }),
         };
         tracing::info!(exit_scan_id, by, %detail, "supervisor's clearance considered for the transit calibration");
         let (by, sid) = (by.to_string(), exit_scan_id.to_string());
