@@ -771,16 +771,8 @@ mod tests {
             low_ridge: true,
             ..Under::default()
         };
-        let img = synthetic_with(0.07, false, None, low);
         // The premise: the layout takes the lower line (row 330 at 10 mm) for the floor.
-        let p = prep::prepare(&img, MM10, [GRID_MM; 2]);
-        let l = layout::find(&p.att, p.mm).unwrap();
-        assert!(l.spans[0].floor > 163.0, "{l:?}");
-        let e = measure(&img, MM10, None);
-        assert_eq!(e.source, SpaceSource::Carriers, "{e:?}");
-        assert_eq!(e.fill, Some(0.0), "{e:?}");
-        // The inside ends above the real floor (rows 318..322 at 10 mm).
-        assert!(e.carriers[0].rect[3] * 2 <= 318, "{e:?}");
+        inside_ends_at_the_real_floor(low, 163.0);
         // Goods on that floor are still goods.
         let block = [1000, 200, 1400, 318];
         let e = measure(
@@ -797,16 +789,25 @@ mod tests {
             trailer: true,
             ..Under::default()
         };
-        let img = synthetic_with(0.07, false, None, trailer);
         // The premise: the layout takes the beams (rows 346..358 at 10 mm) for the floor,
         // and the band between, with its gaps, would be counted as goods.
+        let e = inside_ends_at_the_real_floor(trailer, 170.0);
+        assert_eq!(declared_empty(&e).0, EmptyStatus::Consistent);
+    }
+
+    /// The empty box `under` is drawn on: the layout's floor lies below analysis row
+    /// `layout_floor_below` (20 mm grid), yet the inside ends above the real floor (rows
+    /// 318..322 at 10 mm) and holds nothing.
+    fn inside_ends_at_the_real_floor(under: Under, layout_floor_below: f32) -> EmptyEvidence {
+        let img = synthetic_with(0.07, false, None, under);
         let p = prep::prepare(&img, MM10, [GRID_MM; 2]);
         let l = layout::find(&p.att, p.mm).unwrap();
-        assert!(l.spans[0].floor > 170.0, "{l:?}");
+        assert!(l.spans[0].floor > layout_floor_below, "{l:?}");
         let e = measure(&img, MM10, None);
+        assert_eq!(e.source, SpaceSource::Carriers, "{e:?}");
         assert_eq!(e.fill, Some(0.0), "{e:?}");
         assert!(e.carriers[0].rect[3] * 2 <= 318, "{e:?}");
-        assert_eq!(declared_empty(&e).0, EmptyStatus::Consistent);
+        e
     }
 
     #[test]
