@@ -343,6 +343,9 @@ enum LibraryWhat {
         stride: usize,
         #[arg(long, default_value_t = 20.0)]
         pixel_mm: f32,
+        /// The model contract's `normalisation` the tiles are cut for.
+        #[arg(long, default_value = "attenuation-dark", value_parser = ["attenuation-dark", "attenuation"])]
+        normalisation: String,
     },
 }
 
@@ -1231,12 +1234,14 @@ async fn library(what: LibraryWhat) -> Result<()> {
             tile,
             stride,
             pixel_mm,
+            normalisation,
         } => {
             let p = riac_node::matching::Preproc {
                 pixel_mm,
                 tile,
                 stride,
                 clip: [0.0, 8.0],
+                dark_level: normalisation == riac_node::matching::model::NORMALISATION_DARK,
             };
             let n = tokio::task::spawn_blocking(move || cli::export_tiles(&dir, &out, &p))
                 .await

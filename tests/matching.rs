@@ -86,6 +86,23 @@ fn model_load_refuses_a_wrong_sha256_and_a_wrong_input_shape() {
         "{msg}"
     );
 
+    // An input normalisation this node does not know is refused, naming what it knows.
+    let bad_norm = edited_contract(dir.path(), |t| {
+        t.replace(
+            "normalisation = \"attenuation-dark\"",
+            "normalisation = \"log-counts\"",
+        )
+    });
+    let msg = EmbeddingModel::load(&bad_norm, Backend::Tract)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("log-counts")
+            && msg.contains("attenuation-dark")
+            && msg.contains("edited.toml"),
+        "{msg}"
+    );
+
     // And the real one loads, with the dimension its contract states.
     let m = EmbeddingModel::load(&matching::bundled_model(), Backend::Tract).unwrap();
     assert_eq!(m.dim(), good.output.dim);

@@ -4,7 +4,8 @@
 The model is a fixed multi-scale filter bank with a projection learned here (no download,
 no pretrained weights):
 
-  input  tiles [N, 1, 64, 64]: attenuation ln(I_air / I) at 20 mm per pixel (riac-node cuts
+  input  tiles [N, 1, 64, 64]: attenuation ln((I_air - dark) / (I - dark)) at 20 mm per pixel,
+         dark being the scan's own dark level (src/matching/photometry.rs; riac-node cuts
          them: `riac-node library export-tiles`, the same code the node runs)
   1. density profile: mean of relu(x - t) for 9 thresholds t (how much matter, how dense)
   2. texture: a 4-level pyramid (2x2 average pooling); at each level 16 Gabor filters
@@ -42,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PINNED = ["numpy==2.2.6", "onnx==1.19.1", "onnxruntime==1.24.1"]
 
 NAME = "riac-texture"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
+NORMALISATION = "attenuation-dark"
 TILE, STRIDE, PIXEL_MM = 64, 32, 20.0
 THRESHOLDS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.5]
 LEVELS = 4
@@ -71,10 +73,11 @@ def setup():
 
 
 def simulate(binary, work, split, seed0, per_class):
-    """Drops per class under work/split/<hs>/ and their tiles; cached when present."""
+    """Drops per class under work/<normalisation>/split/<hs>/ and their tiles; cached when
+    present (tiles cut for another normalisation are not reused)."""
     out = {}
     for ci, hs in enumerate(CLASSES):
-        d = work / split / hs
+        d = work / NORMALISATION / split / hs
         tiles = d / "tiles.f32"
         if not tiles.exists():
             d.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,8 @@ def simulate(binary, work, split, seed0, per_class):
                            check=True, stdout=subprocess.DEVNULL)
             subprocess.run([binary, "library", "export-tiles", str(d), "--out", str(tiles),
                             "--tile", str(TILE), "--stride", str(STRIDE),
-                            "--pixel-mm", str(PIXEL_MM)], check=True, stdout=subprocess.DEVNULL)
+                            "--pixel-mm", str(PIXEL_MM), "--normalisation", NORMALISATION],
+                           check=True, stdout=subprocess.DEVNULL)
             for f in d.iterdir():  # keep the tiles, not the images
                 if f.suffix in (".pgm",):
                     f.unlink()
@@ -332,7 +336,7 @@ name = "tiles"
 shape = [-1, 1, {TILE}, {TILE}]
 layout = "NCHW"
 dtype = "float32"
-normalisation = "attenuation"
+normalisation = "{NORMALISATION}"
 clip = [0.0, 8.0]
 pixel_mm = {PIXEL_MM}
 tile = {TILE}

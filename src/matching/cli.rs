@@ -313,6 +313,8 @@ pub struct MatchOutput {
     pub timings_ms: super::Timings,
     /// How the empty-container check measured the cargo space (against which walls).
     pub empty_space: super::empty::EmptyEvidence,
+    /// The dark level taken out of the image before the model saw it.
+    pub photometry: super::photometry::Photometry,
     /// Per-tile embeddings (with `--embeddings`), for comparing backends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<Vec<Vec<f32>>>,
@@ -356,6 +358,7 @@ pub fn match_drop(
         },
         timings_ms: r.timings,
         empty_space: r.empty,
+        photometry: r.embedded.photometry,
         embeddings: with_embeddings.then(|| {
             r.embedded
                 .tiles
@@ -381,7 +384,7 @@ pub fn export_tiles(dir: &Path, out: &Path, p: &super::Preproc) -> Result<usize,
     for sidecar in sidecars_in(dir)? {
         let d = load_drop(&sidecar)?;
         let (pixel_mm, cab_left) = super::image_geometry(Some(&d.meta.raw));
-        let prep = super::tiles::prepare(&d.image, pixel_mm, cab_left, p);
+        let (prep, _, _) = super::prepare_for_model(&d.image, pixel_mm, cab_left, p);
         for v in &prep.tiles {
             f.write_all(&v.to_le_bytes()).map_err(io(out))?;
         }

@@ -16,6 +16,7 @@ pub mod empty;
 pub mod http;
 pub mod library;
 pub mod model;
+pub mod photometry;
 pub mod tiles;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,9 @@ pub enum MatchError {
 #[derive(Debug, Clone)]
 pub struct Embedded {
     pub prepared: Prepared,
+    /// The empty check's measure of the same image (its carrier walls set the photometry).
+    pub empty: empty::EmptyEvidence,
+    pub photometry: photometry::Photometry,
     pub dim: usize,
     pub tiles: Vec<f32>,
     pub descriptor: Vec<f32>,
@@ -121,6 +125,26 @@ fn normalise(v: &mut [f32]) {
     }
 }
 
+/// The model's input for one image: the empty check's measure of its cargo space, the
+/// photometry the model's contract asks for, and the cargo tiles in those units. The one
+/// path from an image to tiles, for matching, library import and the model's training data.
+pub fn prepare_for_model(
+    img: &Gray16,
+    pixel_mm: Option<[f64; 2]>,
+    cab_left: Option<bool>,
+    preproc: &Preproc,
+) -> (Prepared, empty::EmptyEvidence, photometry::Photometry) {
+    let cab_side = cab_left.map(|l| if l { CabSide::Left } else { CabSide::Right });
+    let empty = empty::measure(img, pixel_mm, cab_side);
+    let photometry = if preproc.dark_level {
+        photometry::Photometry::measure(img.as_raw())
+    } else {
+        photometry::Photometry::raw(img.as_raw())
+    };
+    let prepared = tiles::prepare(img, pixel_mm, cab_left, preproc, &photometry);
+    (prepared, empty, photometry)
+}
+
 impl EmbeddingModel {
     pub fn preproc(&self) -> Preproc {
         let i = &self.spec.input;
@@ -129,6 +153,7 @@ impl EmbeddingModel {
             tile: i.tile as usize,
             stride: i.stride as usize,
             clip: i.clip,
+            dark_level: i.normalisation == model::NORMALISATION_DARK,
         }
     }
 
@@ -139,7 +164,8 @@ impl EmbeddingModel {
         pixel_mm: Option<[f64; 2]>,
         cab_left: Option<bool>,
     ) -> Result<Embedded, ModelError> {
-        let prepared = tiles::prepare(img, pixel_mm, cab_left, &self.preproc());
+        let (prepared, empty, photometry) =
+            prepare_for_model(img, pixel_mm, cab_left, &self.preproc());
         let dim = self.dim();
         let t2 = (self.spec.input.tile as usize).pow(2);
         let n = prepared.tile_count();
@@ -159,6 +185,8 @@ impl EmbeddingModel {
         normalise(&mut descriptor);
         Ok(Embedded {
             prepared,
+            empty,
+            photometry,
             dim,
             tiles: out,
             descriptor,
@@ -251,11 +279,10 @@ impl Matcher {
         cab_left: Option<bool>,
     ) -> Result<MatchReport, MatchError> {
         let t0 = Instant::now();
+        // Embedding measures the cargo space against its own walls too (the band's
+        // fixed-level fill only where no carrier with walls is found).
         let embedded = self.model.embed_image(img, pixel_mm, cab_left)?;
-        // The cargo space against its own walls (the band's fixed-level fill only where no
-        // carrier with walls is found).
-        let cab_side = cab_left.map(|l| if l { CabSide::Left } else { CabSide::Right });
-        let empty = empty::measure(img, pixel_mm, cab_side);
+        let empty = embedded.empty.clone();
         let t1 = Instant::now();
         let index = self.index()?;
         let scores = index.reference_scores(&embedded.tiles);

@@ -89,6 +89,11 @@ pub struct ModelInfo {
     pub provenance: String,
 }
 
+/// Model input: attenuation after taking out the scan's dark level.
+pub const NORMALISATION_DARK: &str = "attenuation-dark";
+/// Model input: attenuation as the image gives it.
+pub const NORMALISATION_RAW: &str = "attenuation";
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
@@ -97,7 +102,9 @@ pub struct InputSpec {
     pub shape: Vec<i64>,
     pub layout: String,
     pub dtype: String,
-    /// `attenuation`: ln(I_air / I) of the transmission image, clipped to `clip`.
+    /// [`NORMALISATION_DARK`]: ln((I_air − dark) / (I − dark)) with the scan's own dark level
+    /// ([`super::photometry`]), clipped to `clip`; [`NORMALISATION_RAW`]: ln(I_air / I), for
+    /// models made before the dark level was measured.
     pub normalisation: String,
     pub clip: [f32; 2],
     /// Tiles are cut from the image resampled to this pixel size (mm), both axes.
@@ -127,11 +134,13 @@ impl ModelSpec {
 
     fn check(&self, path: &Path) -> Result<(), ModelError> {
         let i = &self.input;
-        if i.layout != "NCHW" || i.dtype != "float32" || i.normalisation != "attenuation" {
+        let normalisation_known =
+            i.normalisation == NORMALISATION_DARK || i.normalisation == NORMALISATION_RAW;
+        if i.layout != "NCHW" || i.dtype != "float32" || !normalisation_known {
             return Err(contract_err(
                 path,
                 format!(
-                    "input layout/dtype/normalisation = {}/{}/{}: this node supports NCHW/float32/attenuation",
+                    "input layout/dtype/normalisation = {}/{}/{}: this node supports NCHW/float32/{NORMALISATION_DARK} (or {NORMALISATION_RAW})",
                     i.layout, i.dtype, i.normalisation
                 ),
             ));

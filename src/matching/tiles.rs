@@ -9,6 +9,7 @@
 //! 1.2 m above the bottom of the object. Scans from scanners with another geometry (a cab
 //! longer than [`CAB_MM`]) need these constants revisited.
 
+use super::photometry::Photometry;
 use crate::imaging::Gray16;
 
 /// Attenuation above which a pixel is part of the truck (not air).
@@ -32,6 +33,9 @@ pub struct Preproc {
     pub tile: usize,
     pub stride: usize,
     pub clip: [f32; 2],
+    /// Whether the scan's dark level is measured and taken out first
+    /// ([`super::photometry`]; contract `normalisation = "attenuation-dark"`).
+    pub dark_level: bool,
 }
 
 /// The cargo band and what is in it, in working pixels (`pixel_mm` each).
@@ -57,13 +61,18 @@ impl Prepared {
     }
 }
 
-/// The 99.5th percentile of the image: the open beam beside and above the truck.
-pub fn air_level(px: &[u16]) -> u16 {
+/// The image's histogram: one count per 16-bit value.
+pub fn histogram(px: &[u16]) -> Vec<u32> {
     let mut hist = vec![0u32; 65536];
     for &v in px {
         hist[usize::from(v)] += 1;
     }
-    let target = (px.len() as f64 * 0.995) as u64;
+    hist
+}
+
+/// The value at quantile `q` of the `n` pixels counted in `hist`.
+pub fn hist_quantile(hist: &[u32], n: usize, q: f64) -> u16 {
+    let target = (n as f64 * q) as u64;
     let mut acc = 0u64;
     for (v, &c) in hist.iter().enumerate() {
         acc += u64::from(c);
@@ -74,9 +83,24 @@ pub fn air_level(px: &[u16]) -> u16 {
     u16::MAX
 }
 
+/// Quantile of the image taken as its air level: the open beam beside and above the truck.
+pub const AIR_Q: f64 = 0.995;
+
+/// The 99.5th percentile of the image: the open beam beside and above the truck.
+pub fn air_level(px: &[u16]) -> u16 {
+    hist_quantile(&histogram(px), px.len(), AIR_Q)
+}
+
 /// Box-filters `img` to `w`x`h` in the transmission domain (a coarser detector averages
 /// transmitted intensity), then takes the attenuation ln(air / I), clipped.
-fn resample_attenuation(img: &Gray16, w: usize, h: usize, air: f32, clip: [f32; 2]) -> Vec<f32> {
+fn resample_attenuation(
+    img: &Gray16,
+    w: usize,
+    h: usize,
+    air: f32,
+    clip: [f32; 2],
+    ph: &Photometry,
+) -> Vec<f32> {
     let (sw, sh) = (img.width() as usize, img.height() as usize);
     let src = img.as_raw();
     let edges = |n_out: usize, n_in: usize| -> Vec<usize> {
@@ -104,8 +128,7 @@ fn resample_attenuation(img: &Gray16, w: usize, h: usize, air: f32, clip: [f32; 
             for yy in a..b {
                 s += rows[yy * w + x];
             }
-            let t = (s / n).max(1.0);
-            out[y * w + x] = (air / t).ln().clamp(clip[0], clip[1]);
+            out[y * w + x] = ph.attenuation(air, s / n).clamp(clip[0], clip[1]);
         }
     }
     out
@@ -119,12 +142,13 @@ pub fn prepare(
     pixel_mm: Option<[f64; 2]>,
     cab_left: Option<bool>,
     p: &Preproc,
+    photometry: &Photometry,
 ) -> Prepared {
     let [ph, pv] = pixel_mm.unwrap_or([5.0, 5.0]);
     let w = ((img.width() as f64 * ph / p.pixel_mm as f64).round() as usize).max(1);
     let h = ((img.height() as f64 * pv / p.pixel_mm as f64).round() as usize).max(1);
-    let air = air_level(img.as_raw());
-    let att = resample_attenuation(img, w, h, f32::from(air.max(1)), p.clip);
+    let air = photometry.air;
+    let att = resample_attenuation(img, w, h, f32::from(air.max(1)), p.clip, photometry);
     let mut out = Prepared {
         work_w: w,
         work_h: h,
@@ -175,8 +199,8 @@ pub fn band_fill(
     let [ph, pv] = pixel_mm.unwrap_or([5.0, 5.0]);
     let w = ((img.width() as f64 * ph / grid_mm as f64).round() as usize).max(1);
     let h = ((img.height() as f64 * pv / grid_mm as f64).round() as usize).max(1);
-    let air = air_level(img.as_raw());
-    let att = resample_attenuation(img, w, h, f32::from(air.max(1)), [0.0, 8.0]);
+    let raw = Photometry::raw(img.as_raw());
+    let att = resample_attenuation(img, w, h, f32::from(raw.air.max(1)), [0.0, 8.0], &raw);
     let band = cargo_band(&att, w, h, grid_mm, cab_left)?;
     Some((band, band_share(&att, w, band)))
 }
@@ -296,8 +320,15 @@ mod tests {
             tile: 32,
             stride: 16,
             clip: [0.0, 8.0],
+            dark_level: false,
         };
-        let r = prepare(&img, Some([20.0, 20.0]), Some(true), &p);
+        let r = prepare(
+            &img,
+            Some([20.0, 20.0]),
+            Some(true),
+            &p,
+            &Photometry::raw(img.as_raw()),
+        );
         let [x0, y0, x1, y1] = r.band.unwrap();
         assert!(x0 >= 300 && x1 <= 1050, "{:?}", r.band);
         assert!(y0 >= 110 && y1 <= 240, "{:?}", r.band);
