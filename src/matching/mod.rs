@@ -110,8 +110,9 @@ pub enum MatchError {
 #[derive(Debug, Clone)]
 pub struct Embedded {
     pub prepared: Prepared,
-    /// The empty check's measure of the same image (its carrier walls set the photometry).
+    /// The empty check's measure of the same image, made once for both checks.
     pub empty: empty::EmptyEvidence,
+    /// The air and dark levels the tiles' attenuation is referenced to.
     pub photometry: photometry::Photometry,
     pub dim: usize,
     pub tiles: Vec<f32>,

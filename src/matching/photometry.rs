@@ -7,7 +7,7 @@
 //! 2.9 optical depths instead of 4.6, and goods the library knows from a scanner without an
 //! offset look like other goods. Scanners that subtract their dark level before writing the
 //! image exist beside ones that do not, and the sidecar does not say which, so the level is
-//! measured: every truck scan holds fully absorbed pixels (engine block, axles, wheel hubs,
+//! measured: most truck scans hold fully absorbed pixels (engine block, axles, wheel hubs,
 //! a portal's pit, beam-off columns), and they form a **flat floor** at the bottom of the
 //! image's histogram (noise around one level). When that floor is there its level is
 //! subtracted; when it is not (the darkest matter still transmits a few per cent and the
@@ -16,10 +16,11 @@
 //! thickness, no engine in view) loses that level instead: only pixels within about twice
 //! its transmission read denser than they are, i.e. the densest part of that scan.
 //!
-//! Measured (`bench match --families`, issue 13): taking the dark level out is what most of
-//! the cross-scanner gap of the texture model was. The remaining photometric difference, the
-//! attenuation scale (spectrum, response curve), is not corrected: the container walls that
-//! could measure it are hidden behind the goods in most loaded scans.
+//! Measured (`bench match --families`, issue 13): the dark level was the largest single part
+//! of the texture model's cross-scanner gap. The other photometric difference, the
+//! attenuation scale (spectrum, response curve), is not measured here: the container walls
+//! that could measure it are hidden behind the goods in most loaded scans, and noisy where
+//! seen. The model is trained to tolerate it instead (`tools/build_model.py`, `AUGMENT`).
 //!
 //! Pure functions of the pixels; never touches files or the store.
 
