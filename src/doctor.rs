@@ -507,28 +507,14 @@ fn check_dir_writable(name: &'static str, dir: &Path) -> Check {
     }
 }
 
-/// Free bytes and total bytes of the file system holding `path`.
-pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = s.f_frsize as u64;
-    Ok((s.f_bavail as u64 * frsize, s.f_blocks as u64 * frsize))
-}
-
 fn check_free_space(dir: &Path) -> Check {
-    match disk_space(dir) {
+    match crate::fsx::space(dir) {
         Err(e) => Check::new(
             "disk space",
             Status::Fail,
             format!("cannot read free space of {}: {e}", dir.display()),
         ),
-        Ok((free, total)) => {
+        Ok(crate::fsx::Space { free, total }) => {
             let gib = |b: u64| b as f64 / (1024.0 * 1024.0 * 1024.0);
             let detail = format!(
                 "{:.1} GiB free of {:.1} GiB on {}",

@@ -1,11 +1,29 @@
 //! Durable file writes: the one recipe the node uses for a file that must survive a crash
 //! or a power cut whole or not at all (calibration, thresholds, thumbnails, comparison
-//! images, TLS keys), and the directory fsync that makes a rename or a new entry durable.
+//! images, TLS keys), the directory fsync that makes a rename or a new entry durable, and
+//! the free space of a file system (retention, doctor, status page).
 //! Bottom layer: it knows nothing of scans, verdicts or the store, and never deletes
 //! anything but its own temp file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Space on a file system, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Free for an unprivileged writer (the node's user): what the node can still use.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The space of the file system holding `path` (statvfs).
+pub fn space(path: &Path) -> std::io::Result<Space> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok(Space {
+        free: s.f_bavail.saturating_mul(s.f_frsize),
+        total: s.f_blocks.saturating_mul(s.f_frsize),
+    })
+}
 
 /// Writes `bytes` to `dir/name`: a dot-named temp file in the same folder (watchers and
 /// listings skip it), fsync, rename over `name`, fsync the folder. After a crash the file
@@ -47,6 +65,15 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn space_is_read_and_a_missing_path_is_an_error_that_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let s = space(d.path()).unwrap();
+        assert!(s.total > 0 && s.free <= s.total, "{s:?}");
+        let e = space(&d.path().join("no-such-dir")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    }
 
     #[test]
     fn writes_whole_replaces_and_leaves_no_temp() {

@@ -401,16 +401,7 @@ pub fn is_pinned_by_admin(c: &Connection, scan_id: &str) -> store::Result<bool> 
 
 /// Free bytes for an unprivileged writer on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(crate::fsx::space(path)?.free)
 }
 
 /// Bytes of the files under `dir` (0 when it does not exist).

@@ -28,16 +28,7 @@ pub struct Disk {
 
 /// Space on the file system holding `path` (statvfs); `None` if it cannot be read.
 pub fn disk_usage(path: &Path) -> Option<Disk> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid C string.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return None;
-    }
-    let frsize = s.f_frsize as u64;
-    let total = s.f_blocks as u64 * frsize;
-    let free = s.f_bavail as u64 * frsize;
+    let crate::fsx::Space { free, total } = crate::fsx::space(path).ok()?;
     Some(Disk {
         path: path.display().to_string(),
         total_bytes: total,
