@@ -422,21 +422,21 @@ pub fn read_password(prompt: &str, confirm: bool) -> Result<String, AccountError
 fn prompt_no_echo(prompt: &str) -> Result<String, AccountError> {
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own; the original
-    // settings are restored before returning, on every path.
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
-    if got {
-        let mut quiet = old;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    // Not a terminal (a pipe, a file): nothing to hide, read as it comes. Otherwise echo
+    // off (a newline still echoed) and the original settings back on every path.
+    let old = tcgetattr(&stdin).ok();
+    if let Some(old) = &old {
+        let mut quiet = old.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        quiet.local_modes.insert(LocalModes::ECHONL);
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
     }
     let mut line = String::new();
-    let r = std::io::stdin().lock().read_line(&mut line);
-    if got {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(old) = &old {
+        let _ = tcsetattr(&stdin, OptionalActions::Now, old);
     }
     r.map_err(AccountError::Input)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
