@@ -168,14 +168,32 @@ fn check_library(cfg: &Config) -> Check {
     if !path.exists() {
         return empty("no database yet, so no reference library".into());
     }
+    // References embedded by another model than the configured one (an upgraded model)
+    // are not searched until they are imported again.
+    let model_sha = cfg
+        .matching
+        .model
+        .as_deref()
+        .and_then(|m| crate::matching::ModelSpec::load(m).ok())
+        .map(|s| s.model.sha256.to_ascii_lowercase());
     let count = open_read_only(&path).and_then(|c| {
-        c.query_row("SELECT count(*) FROM library_refs", [], |r| {
-            r.get::<_, i64>(0)
-        })
+        c.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE lower(model_sha256) != ?1) FROM library_refs",
+            [model_sha.as_deref().unwrap_or("")],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
     });
     match count {
-        Ok(0) => empty("the reference library is empty".into()),
-        Ok(n) => Check::new(
+        Ok((0, _)) => empty("the reference library is empty".into()),
+        Ok((n, stale)) if model_sha.is_some() && stale > 0 => Check::new(
+            "library",
+            Status::Warn,
+            format!(
+                "{stale} of {n} reference scans were embedded by another model than matching.model (an upgrade?) and are not searched: run `riac-node library import DIR --data-dir {}` again on their folder",
+                cfg.data_dir.display()
+            ),
+        ),
+        Ok((n, _)) => Check::new(
             "library",
             Status::Pass,
             format!("{n} reference scans in the library"),
@@ -773,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_reference_library_is_warned_about() {
+    fn an_empty_or_stale_reference_library_is_warned_about() {
         let d = tempfile::tempdir().unwrap();
         let p = write_config(d.path(), "");
         let cfg = Config::load(&p, &Overrides::default()).unwrap();
@@ -794,6 +812,36 @@ mod tests {
         let c = check_library(&cfg);
         assert_eq!(c.status, Status::Pass, "{}", c.detail);
         assert!(c.detail.starts_with("1 reference"), "{}", c.detail);
+
+        // With the shipped model configured, that reference (model sha "b") is another
+        // model's: not searched, and said so, as for an empty library.
+        let model = crate::matching::bundled_model();
+        let p = write_config(
+            d.path(),
+            &format!("[matching]\nmodel = \"{}\"\n", model.display()),
+        );
+        let cfg = Config::load(&p, &Overrides::default()).unwrap();
+        let c = check_library(&cfg);
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        assert!(
+            c.detail.contains("1 of 1") && c.detail.contains("library import"),
+            "{}",
+            c.detail
+        );
+        let sha = crate::matching::ModelSpec::load(&model)
+            .unwrap()
+            .model
+            .sha256;
+        rusqlite::Connection::open(cfg.db_path())
+            .unwrap()
+            .execute(
+                &format!("INSERT INTO library_refs VALUES ('R2', '1006.30', NULL, '2026-12-07T00:00:00Z', 'a', '{sha}', 1, 1, 0.5, 10, 10, 't.png', x'00000000', x'00000000')"),
+                [],
+            )
+            .unwrap();
+        let c = check_library(&cfg);
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        assert!(c.detail.contains("1 of 2"), "{}", c.detail);
     }
 
     #[test]
