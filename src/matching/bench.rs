@@ -471,8 +471,8 @@ pub async fn run(o: &Options) -> Result<Report, BenchError> {
                 kept.push(Kept {
                     false_declared: declared.is_some(),
                     codes: codes.clone(),
-                    fill: r.empty.fill,
-                    basis: r.empty.basis(),
+                    fill: r.embedded.empty.fill,
+                    basis: r.embedded.empty.basis(),
                     tiles: r.embedded.prepared.tile_count(),
                     scores: m2
                         .index()?

@@ -357,7 +357,7 @@ pub fn match_drop(
             headings: idx.headings().len(),
         },
         timings_ms: r.timings,
-        empty_space: r.empty,
+        empty_space: r.embedded.empty,
         photometry: r.embedded.photometry,
         embeddings: with_embeddings.then(|| {
             r.embedded

@@ -209,8 +209,6 @@ pub struct MatchReport {
     pub contribution: Contribution,
     pub timings: Timings,
     pub embedded: Embedded,
-    /// The empty-container measure (cargo space against its own walls).
-    pub empty: empty::EmptyEvidence,
 }
 
 /// The model, the check thresholds and the library, for one node or one CLI run.
@@ -283,7 +281,7 @@ impl Matcher {
         // Embedding measures the cargo space against its own walls too (the band's
         // fixed-level fill only where no carrier with walls is found).
         let embedded = self.model.embed_image(img, pixel_mm, cab_left)?;
-        let empty = embedded.empty.clone();
+        let empty = &embedded.empty;
         let t1 = Instant::now();
         let index = self.index()?;
         let scores = index.reference_scores(&embedded.tiles);
@@ -310,7 +308,6 @@ impl Matcher {
                 total_ms: ms(t2 - t0),
             },
             embedded,
-            empty,
         })
     }
 
