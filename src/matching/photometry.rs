@@ -78,9 +78,9 @@ impl Photometry {
         }
     }
 
-    /// The attenuation of a (box-averaged) transmission value `t` against `air`.
-    pub fn attenuation(&self, air: f32, t: f32) -> f32 {
-        let a = (air - self.dark).max(1.0);
+    /// The attenuation of a (box-averaged) transmission value `t` against the air level.
+    pub fn attenuation(&self, t: f32) -> f32 {
+        let a = (f32::from(self.air.max(1)) - self.dark).max(1.0);
         let v = (t - self.dark).max(1.0);
         (a / v).ln()
     }
@@ -127,13 +127,12 @@ mod tests {
         // 400 fully absorbed pixels (an engine block) in 200,000 and goods at 1-50 %.
         let px = scan(2_500.0, 12.0, 400, &[0.01, 0.05, 0.2, 0.5]);
         let p = Photometry::measure(&px);
-        let air = p.air;
         assert!(p.dark_seen);
         assert!((p.dark - 2_500.0).abs() < 20.0, "{p:?}");
         // Steel at 1 % transmission reads its own optical depth again, not ln(air / dark).
         let steel = 2_500.0 + 600.0;
-        let raw = Photometry::raw(&px).attenuation(f32::from(air), steel);
-        let od = p.attenuation(f32::from(air), steel);
+        let raw = Photometry::raw(&px).attenuation(steel);
+        let od = p.attenuation(steel);
         assert!((od - 100f32.ln()).abs() < 0.05, "{od} (raw {raw})");
         assert!(raw < 3.1, "{raw}");
     }
@@ -167,9 +166,8 @@ mod tests {
         let px = scan(0.0, 3.0, 400, &[0.01, 0.3]);
         let p = Photometry::measure(&px);
         assert!(p.dark_seen && p.dark <= 3.0, "{p:?}");
-        let a = f32::from(p.air);
         for t in [600.0, 18_000.0, 59_000.0] {
-            let d = p.attenuation(a, t) - Photometry::raw(&px).attenuation(a, t);
+            let d = p.attenuation(t) - Photometry::raw(&px).attenuation(t);
             assert!(d.abs() < 0.01, "{t}: {d}");
         }
     }

@@ -92,12 +92,12 @@ pub fn air_level(px: &[u16]) -> u16 {
 }
 
 /// Box-filters `img` to `w`x`h` in the transmission domain (a coarser detector averages
-/// transmitted intensity), then takes the attenuation ln(air / I), clipped.
+/// transmitted intensity), then takes the attenuation against `ph`'s air and dark
+/// levels, clipped.
 fn resample_attenuation(
     img: &Gray16,
     w: usize,
     h: usize,
-    air: f32,
     clip: [f32; 2],
     ph: &Photometry,
 ) -> Vec<f32> {
@@ -128,7 +128,7 @@ fn resample_attenuation(
             for yy in a..b {
                 s += rows[yy * w + x];
             }
-            out[y * w + x] = ph.attenuation(air, s / n).clamp(clip[0], clip[1]);
+            out[y * w + x] = ph.attenuation(s / n).clamp(clip[0], clip[1]);
         }
     }
     out
@@ -148,7 +148,7 @@ pub fn prepare(
     let w = ((img.width() as f64 * ph / p.pixel_mm as f64).round() as usize).max(1);
     let h = ((img.height() as f64 * pv / p.pixel_mm as f64).round() as usize).max(1);
     let air = photometry.air;
-    let att = resample_attenuation(img, w, h, f32::from(air.max(1)), p.clip, photometry);
+    let att = resample_attenuation(img, w, h, p.clip, photometry);
     let mut out = Prepared {
         work_w: w,
         work_h: h,
@@ -200,7 +200,7 @@ pub fn band_fill(
     let w = ((img.width() as f64 * ph / grid_mm as f64).round() as usize).max(1);
     let h = ((img.height() as f64 * pv / grid_mm as f64).round() as usize).max(1);
     let raw = Photometry::raw(img.as_raw());
-    let att = resample_attenuation(img, w, h, f32::from(raw.air.max(1)), [0.0, 8.0], &raw);
+    let att = resample_attenuation(img, w, h, [0.0, 8.0], &raw);
     let band = cargo_band(&att, w, h, grid_mm, cab_left)?;
     Some((band, band_share(&att, w, band)))
 }
