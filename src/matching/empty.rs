@@ -557,7 +557,7 @@ fn container_floor(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::imaging::gray16;
     use crate::matching::check::{decide, CheckParams, Evidence};
@@ -1007,7 +1007,12 @@ mod tests {
 
     /// The same scene through another detector: gain, dark offset and response curve
     /// (`t^gamma`; a gamma of 3.5 is also what a much lower beam energy does to steel).
-    fn redetect(img: &Gray16, gain: f32, offset: f32, gamma: f32) -> Gray16 {
+    pub(in crate::matching) fn redetect(
+        img: &Gray16,
+        gain: f32,
+        offset: f32,
+        gamma: f32,
+    ) -> Gray16 {
         let air = f32::from(super::super::tiles::air_level(img.as_raw()).max(1));
         let px = img
             .as_raw()

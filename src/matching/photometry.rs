@@ -185,14 +185,7 @@ mod tests {
         })
         .next_drop_of_class("7208.39")
         .unwrap();
-        let air = f32::from(crate::matching::tiles::air_level(d.image.as_raw()).max(1));
-        let px = d
-            .image
-            .as_raw()
-            .iter()
-            .map(|&v| (2_500.0 + 45_000.0 * (f32::from(v) / air).min(1.0)).round() as u16)
-            .collect();
-        let other = crate::imaging::gray16(d.image.width(), d.image.height(), px).unwrap();
+        let other = crate::matching::empty::tests::redetect(&d.image, 45_000.0, 2_500.0, 1.0);
         let (geometry, cab_left) = crate::matching::image_geometry(Some(&d.sidecar));
         let tiles = |img: &crate::imaging::Gray16, dark_level: bool| {
             let p = Preproc {
